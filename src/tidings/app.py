@@ -1,0 +1,88 @@
+"""The ASGI application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+from starlette.middleware.cors import CORSMiddleware
+
+from tidings import __version__
+from tidings.db import migrate
+from tidings.http.middleware import BodyGuardMiddleware, RequestContextMiddleware
+from tidings.http.problems import install_problem_handlers
+from tidings.infra.logging import get_logger
+from tidings.runtime import Runtime
+from tidings.settings import Profile, Settings, load_settings
+from tidings.system.routes import router as system_router
+
+_log = get_logger(__name__)
+
+
+class SchemaOutOfDateError(RuntimeError):
+    pass
+
+
+async def prepare_database(settings: Settings) -> None:
+    """Embedded: migrate on start. Scaled: refuse to serve an unmigrated database."""
+    url = settings.effective_database_url
+    if settings.profile is Profile.EMBEDDED:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await migrate.upgrade_async(url)
+        return
+    current, head = await migrate.current_revision(url), migrate.head_revision()
+    if current != head:
+        raise SchemaOutOfDateError(
+            f"database schema is at {current or 'nothing'}, code expects {head}: "
+            "run `tidings migrate` first"
+        )
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    routers: Sequence[APIRouter] = (),
+) -> FastAPI:
+    settings = settings or load_settings()
+    runtime = Runtime(settings, role="serve")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await prepare_database(settings)
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(
+        title="Tidings",
+        version=__version__,
+        summary="Self-hosted messaging: chat, conversations, send API, automation, events.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    app.state.settings = settings
+    install_problem_handlers(app)
+    app.include_router(system_router)
+    for router in routers:
+        app.include_router(router)
+    # Added last = outermost: request ids wrap everything, including CORS preflights.
+    app.add_middleware(BodyGuardMiddleware, max_body_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=True,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    app.add_middleware(RequestContextMiddleware)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Entry point for `uvicorn --factory tidings.app:create_app_from_env`."""
+    return create_app()

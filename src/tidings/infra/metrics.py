@@ -1,0 +1,36 @@
+"""Prometheus metrics, one registry per process, served at /metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+HTTP_REQUEST_DURATION = Histogram(
+    "tidings_http_request_duration_seconds",
+    "HTTP request latency by route template",
+    ["method", "route", "status_class"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+JOB_OUTCOMES = Counter(
+    "tidings_jobs_total", "Job attempts by name and outcome", ["name", "outcome"]
+)
+JOB_DURATION = Histogram(
+    "tidings_job_duration_seconds",
+    "Job run time",
+    ["name"],
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120),
+)
+JOB_START_DELAY = Histogram(
+    "tidings_job_start_delay_seconds",
+    "Time from a job being due to it starting",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5, 30),
+)
+QUEUE_DEPTH = Gauge("tidings_jobs_queue_depth", "Jobs due and waiting, by status", ["status"])
+OUTBOX_LAG = Gauge(
+    "tidings_outbox_lag_seconds", "Age of the oldest undispatched event (0 when caught up)"
+)
+OUTBOX_DISPATCHED = Counter("tidings_outbox_dispatched_total", "Events dispatched")
+OUTBOX_DISPATCH_LATENCY = Histogram(
+    "tidings_outbox_dispatch_latency_seconds",
+    "Time from an event being written to it being dispatched",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+)

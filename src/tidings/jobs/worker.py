@@ -1,0 +1,475 @@
+"""The job worker: claims jobs with a lease, runs them, retries with backoff, sweeps.
+
+A claim is one compare-and-set UPDATE over a batch of ids (`queued` → `running`, lease set).
+A running job's lease is renewed by a heartbeat; if the worker dies (SIGKILL, lost machine) the
+lease expires and the sweeper of any worker puts the job back in the queue. Completions are
+written in batches: while one batch commits, the next accumulates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tidings.db.base import utcnow
+from tidings.db.database import Database
+from tidings.infra import metrics
+from tidings.infra.logging import get_logger
+from tidings.jobs import service
+from tidings.jobs.models import Job, JobStatus, PeriodicSchedule
+from tidings.jobs.registry import JobContext, JobRegistry, PermanentJobError, RetryLater
+from tidings.jobs.transport import JobTransport
+
+_log = get_logger(__name__)
+MAX_ERROR_LENGTH = 4000
+SWEEP_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    concurrency: int = 64
+    lease_seconds: float = 60.0
+    sweep_interval: float = 1.0
+    republish_after: float = 60.0
+    backoff_base: float = 1.0
+    backoff_max: float = 3600.0
+    shutdown_grace: float = 30.0
+    default_max_attempts: int = 5
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: uuid.UUID
+    name: str
+    payload: dict[str, Any]
+    attempts: int
+    max_attempts: int
+    run_at: datetime
+
+
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with equal jitter: half fixed, half random, never above `cap`."""
+    delay = min(cap, base * 2.0 ** max(0, attempt - 1))
+    return delay / 2 + random.uniform(0, delay / 2)  # noqa: S311 - jitter, not security
+
+
+class Worker:
+    def __init__(
+        self,
+        db: Database,
+        transport: JobTransport,
+        registry: JobRegistry,
+        *,
+        node_id: str,
+        config: WorkerConfig | None = None,
+        resources: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._db = db
+        self._transport = transport
+        self._registry = registry
+        self._node_id = node_id
+        self._config = config or WorkerConfig()
+        self._resources = resources or {}
+        self._running: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._slot_free = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._completed: list[uuid.UUID] = []
+        self._completed_ready = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self._receive_task: asyncio.Task[None] | None = None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    async def start(self) -> None:
+        await self._transport.start()
+        await self._sync_periodic_schedules()
+        self._receive_task = asyncio.create_task(self._receive_loop(), name="jobs-receive")
+        self._loops = [
+            asyncio.create_task(self._completion_loop(), name="jobs-complete"),
+            asyncio.create_task(self._heartbeat_loop(), name="jobs-heartbeat"),
+            asyncio.create_task(self._sweep_loop(), name="jobs-sweep"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop taking work, let running jobs finish within the grace period, release the rest."""
+        self._stopping.set()
+        if self._receive_task is not None:
+            self._receive_task.cancel()
+            await asyncio.gather(self._receive_task, return_exceptions=True)
+        if self._running:
+            _, still_running = await asyncio.wait(
+                list(self._running.values()), timeout=self._config.shutdown_grace
+            )
+            for task in still_running:
+                task.cancel()
+            await asyncio.gather(*still_running, return_exceptions=True)
+        self._completed_ready.set()
+        for loop_task in self._loops:
+            loop_task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        await self._flush_completions()
+        await self._transport.close()
+
+    # -- receiving and claiming -------------------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        while not self._stopping.is_set():
+            free = self._config.concurrency - len(self._running)
+            if free <= 0:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                continue
+            try:
+                ids = await self._transport.receive(free, wait_seconds=0.5)
+                if ids:
+                    for job in await self._claim(ids):
+                        self._running[job.id] = asyncio.create_task(self._execute(job))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                _log.exception("job_receive_failed")
+                await asyncio.sleep(0.5)
+
+    async def _claim(self, ids: Sequence[uuid.UUID]) -> list[ClaimedJob]:
+        now = utcnow()
+        async with self._db.transaction() as session:
+            rows = (
+                await session.execute(
+                    update(Job)
+                    .where(
+                        Job.id.in_(set(ids)),
+                        Job.status == JobStatus.QUEUED.value,
+                        Job.run_at <= now,
+                    )
+                    .values(
+                        status=JobStatus.RUNNING.value,
+                        attempts=Job.attempts + 1,
+                        locked_by=self._node_id,
+                        lease_expires_at=now + timedelta(seconds=self._config.lease_seconds),
+                    )
+                    .returning(
+                        Job.id, Job.name, Job.payload, Job.attempts, Job.max_attempts, Job.run_at
+                    )
+                    .execution_options(synchronize_session=False)
+                )
+            ).all()
+        for row in rows:
+            metrics.JOB_START_DELAY.observe(max(0.0, (now - row.run_at).total_seconds()))
+        return [ClaimedJob(*row) for row in rows]
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def _execute(self, job: ClaimedJob) -> None:
+        definition = self._registry.get(job.name)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            if definition is None:
+                raise PermanentJobError(f"no handler registered for job {job.name!r}")
+            context = JobContext(
+                job_id=job.id,
+                name=job.name,
+                attempt=job.attempts,
+                max_attempts=job.max_attempts,
+                db=self._db,
+                resources=self._resources,
+            )
+            await asyncio.wait_for(
+                definition.handler(context, job.payload), definition.timeout_seconds
+            )
+        except asyncio.CancelledError:
+            # Shutdown ran out of grace: hand the job back, it was not its fault.
+            await asyncio.shield(self._release(job))
+            metrics.JOB_OUTCOMES.labels(job.name, "released").inc()
+            raise
+        except RetryLater as exc:
+            await self._fail(job, exc, retry_in=exc.delay)
+        except PermanentJobError as exc:
+            await self._fail(job, exc, permanent=True)
+        except Exception as exc:
+            await self._fail(job, exc)
+        else:
+            self._completed.append(job.id)
+            self._completed_ready.set()
+            metrics.JOB_OUTCOMES.labels(job.name, "succeeded").inc()
+        finally:
+            metrics.JOB_DURATION.labels(job.name).observe(loop.time() - started)
+            self._running.pop(job.id, None)
+            self._slot_free.set()
+
+    async def _fail(
+        self,
+        job: ClaimedJob,
+        exc: BaseException,
+        *,
+        permanent: bool = False,
+        retry_in: float | None = None,
+    ) -> None:
+        error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH]
+        now = utcnow()
+        if permanent or job.attempts >= job.max_attempts:
+            values: dict[str, Any] = {
+                "status": JobStatus.DEAD.value,
+                "finished_at": now,
+                "last_error": error,
+            }
+            outcome = "dead"
+            _log.warning("job_dead", job_id=str(job.id), job=job.name, error=error)
+        else:
+            delay = (
+                retry_in
+                if retry_in is not None
+                else backoff_delay(
+                    job.attempts, self._config.backoff_base, self._config.backoff_max
+                )
+            )
+            values = {
+                "status": JobStatus.QUEUED.value,
+                "run_at": now + timedelta(seconds=delay),
+                "published_at": None,
+                "last_error": error,
+            }
+            outcome = "retried"
+            _log.info(
+                "job_retry_scheduled", job_id=str(job.id), job=job.name, delay=round(delay, 3)
+            )
+        values.update(locked_by=None, lease_expires_at=None)
+        async with self._db.transaction() as session:
+            await session.execute(self._owned(job.id).values(**values))
+        metrics.JOB_OUTCOMES.labels(job.name, outcome).inc()
+
+    async def _release(self, job: ClaimedJob) -> None:
+        async with self._db.transaction() as session:
+            await session.execute(
+                self._owned(job.id).values(
+                    status=JobStatus.QUEUED.value,
+                    attempts=Job.attempts - 1,
+                    run_at=utcnow(),
+                    published_at=None,
+                    locked_by=None,
+                    lease_expires_at=None,
+                )
+            )
+
+    def _owned(self, job_id: uuid.UUID) -> Any:
+        # Only the lease holder may finish a job: after a lease expiry another worker owns it.
+        return (
+            update(Job)
+            .where(
+                Job.id == job_id,
+                Job.locked_by == self._node_id,
+                Job.status == JobStatus.RUNNING.value,
+            )
+            .execution_options(synchronize_session=False)
+        )
+
+    # -- background loops -------------------------------------------------------------------
+
+    async def _completion_loop(self) -> None:
+        while True:
+            await self._completed_ready.wait()
+            self._completed_ready.clear()
+            try:
+                await self._flush_completions()
+            except Exception:
+                _log.exception("job_completion_flush_failed")
+                await asyncio.sleep(0.5)
+                self._completed_ready.set()
+
+    async def _flush_completions(self) -> None:
+        if not self._completed:
+            return
+        batch, self._completed = self._completed, []
+        try:
+            async with self._db.transaction() as session:
+                await session.execute(
+                    update(Job)
+                    .where(
+                        Job.id.in_(batch),
+                        Job.locked_by == self._node_id,
+                        Job.status == JobStatus.RUNNING.value,
+                    )
+                    .values(
+                        status=JobStatus.SUCCEEDED.value,
+                        finished_at=utcnow(),
+                        locked_by=None,
+                        lease_expires_at=None,
+                    )
+                    .execution_options(synchronize_session=False)
+                )
+        except BaseException:
+            self._completed[:0] = batch
+            raise
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self._config.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            running = list(self._running)
+            if not running:
+                continue
+            try:
+                async with self._db.transaction() as session:
+                    await session.execute(
+                        update(Job)
+                        .where(
+                            Job.id.in_(running),
+                            Job.locked_by == self._node_id,
+                            Job.status == JobStatus.RUNNING.value,
+                        )
+                        .values(
+                            lease_expires_at=utcnow()
+                            + timedelta(seconds=self._config.lease_seconds)
+                        )
+                        .execution_options(synchronize_session=False)
+                    )
+            except Exception:
+                _log.exception("job_heartbeat_failed")
+
+    async def _sweep_loop(self) -> None:
+        ticks = 0
+        while True:
+            try:
+                await self.sweep(update_gauges=ticks % 5 == 0)
+            except Exception:
+                _log.exception("job_sweep_failed")
+            ticks += 1
+            await asyncio.sleep(self._config.sweep_interval)
+
+    async def sweep(self, *, update_gauges: bool = False) -> int:
+        """Recover expired leases, fire due cron schedules, re-send due unsent jobs."""
+        now = utcnow()
+        async with self._db.transaction() as session:
+            await self._recover_expired_leases(session, now)
+            await self._fire_periodic(session, now)
+            stale = now - timedelta(seconds=self._config.republish_after)
+            unsent = or_(Job.published_at.is_(None), Job.published_at < stale)
+            due = (
+                select(Job.id)
+                .where(Job.status == JobStatus.QUEUED.value, Job.run_at <= now, unsent)
+                .order_by(Job.run_at)
+                .limit(SWEEP_BATCH)
+            )
+            ids = list(
+                (
+                    await session.execute(
+                        update(Job)
+                        .where(Job.id.in_(due.scalar_subquery()), unsent)
+                        .values(published_at=now)
+                        .returning(Job.id)
+                        .execution_options(synchronize_session=False)
+                    )
+                ).scalars()
+            )
+        if ids:
+            await self._transport.publish(ids)
+        if update_gauges:
+            await self._update_depth_gauges()
+        return len(ids)
+
+    async def _recover_expired_leases(self, session: AsyncSession, now: datetime) -> None:
+        expired = and_(Job.status == JobStatus.RUNNING.value, Job.lease_expires_at < now)
+        lost = "lease expired: the worker running it stopped responding"
+        await session.execute(
+            update(Job)
+            .where(expired, Job.attempts >= Job.max_attempts)
+            .values(
+                status=JobStatus.DEAD.value,
+                finished_at=now,
+                last_error=lost,
+                locked_by=None,
+                lease_expires_at=None,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        recovered = (
+            await session.execute(
+                update(Job)
+                .where(expired)
+                .values(
+                    status=JobStatus.QUEUED.value,
+                    run_at=now,
+                    published_at=None,
+                    last_error=lost,
+                    locked_by=None,
+                    lease_expires_at=None,
+                )
+                .returning(Job.id)
+                .execution_options(synchronize_session=False)
+            )
+        ).all()
+        if recovered:
+            _log.warning("jobs_recovered_from_expired_leases", count=len(recovered))
+
+    async def _sync_periodic_schedules(self) -> None:
+        periodic = self._registry.periodic_jobs
+        if not periodic:
+            return
+        now = utcnow()
+        async with self._db.transaction() as session:
+            existing = {
+                row.name: row
+                for row in (
+                    await session.scalars(
+                        select(PeriodicSchedule).where(
+                            PeriodicSchedule.name.in_([p.name for p in periodic])
+                        )
+                    )
+                ).all()
+            }
+            for job in periodic:
+                row = existing.get(job.name)
+                if row is None:
+                    session.add(
+                        PeriodicSchedule(
+                            name=job.name, cron=job.cron, next_run_at=job.next_after(now)
+                        )
+                    )
+                elif row.cron != job.cron:
+                    row.cron = job.cron
+                    row.next_run_at = job.next_after(now)
+
+    async def _fire_periodic(self, session: AsyncSession, now: datetime) -> None:
+        for job in self._registry.periodic_jobs:
+            current = await session.scalar(
+                select(PeriodicSchedule.next_run_at).where(PeriodicSchedule.name == job.name)
+            )
+            if current is None or current > now:
+                continue
+            won = await session.execute(
+                update(PeriodicSchedule)
+                .where(PeriodicSchedule.name == job.name, PeriodicSchedule.next_run_at == current)
+                .values(next_run_at=job.next_after(now))
+            )
+            if won.rowcount == 1:  # type: ignore[attr-defined]
+                await service.enqueue(
+                    session,
+                    job.job_name,
+                    job.payload,
+                    dedupe_key=f"periodic:{job.name}",
+                    max_attempts=self._config.default_max_attempts,
+                )
+
+    async def _update_depth_gauges(self) -> None:
+        async with self._db.read() as session:
+            counts: dict[str, int] = dict(
+                (
+                    await session.execute(
+                        select(Job.status, func.count())
+                        .where(Job.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))
+                        .group_by(Job.status)
+                    )
+                ).all()
+            )
+        for status in (JobStatus.QUEUED.value, JobStatus.RUNNING.value):
+            metrics.QUEUE_DEPTH.labels(status).set(counts.get(status, 0))

@@ -1,0 +1,145 @@
+"""The process runtime: engines and background machinery built from Settings.
+
+`serve` and `worker` each build one Runtime. Embedded, everything is in-process; scaled, the
+database is PostgreSQL and Redis carries the backplane, the job transport and the event stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from typing import Literal
+
+import redis.asyncio as aioredis
+
+from tidings.db.database import Database
+from tidings.events.dispatcher import OutboxDispatcher
+from tidings.events.sinks import RedisEventStream
+from tidings.infra.backplane import Backplane, InProcessBackplane, RedisBackplane
+from tidings.infra.logging import get_logger
+from tidings.infra.redis import redis_client
+from tidings.jobs.registry import JobRegistry, registry
+from tidings.jobs.transport import InProcessTransport, JobTransport, RedisStreamTransport
+from tidings.jobs.worker import Worker, WorkerConfig
+from tidings.settings import Profile, Settings
+from tidings.system import maintenance
+from tidings.system.cluster import ClusterMembership
+
+Role = Literal["serve", "worker", "cli"]
+OUTBOX_POKE_CHANNEL = "outbox"
+EVENT_STREAM = "tidings:events"
+_log = get_logger(__name__)
+
+
+class Runtime:
+    def __init__(
+        self, settings: Settings, *, role: Role, job_registry: JobRegistry | None = None
+    ) -> None:
+        self.settings = settings
+        self.role = role
+        self.node_id = f"{role}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.registry = job_registry or registry
+        maintenance.register(self.registry)
+        self.db = Database(settings.effective_database_url, pool_size=settings.database_pool_size)
+        self.redis: aioredis.Redis | None = None
+        self.backplane: Backplane
+        self.transport: JobTransport
+        if settings.profile is Profile.SCALED:
+            assert settings.redis_url is not None  # noqa: S101 - enforced by Settings
+            self.redis = redis_client(settings.redis_url)
+            self.backplane = RedisBackplane(self.redis)
+            self.transport = RedisStreamTransport(self.redis, consumer=self.node_id)
+        else:
+            self.backplane = InProcessBackplane()
+            self.transport = InProcessTransport()
+        self.dispatcher = OutboxDispatcher(
+            self.db,
+            node_id=self.node_id,
+            batch_size=settings.outbox_batch_size,
+            poll_interval=settings.outbox_poll_interval_seconds,
+            lease_seconds=settings.outbox_lease_seconds,
+        )
+        if self.redis is not None:
+            self.dispatcher.add_live(
+                RedisEventStream(
+                    self.redis, stream=EVENT_STREAM, maxlen=settings.event_stream_maxlen
+                )
+            )
+        runs_worker = role == "worker" or (role == "serve" and settings.runs_worker_in_serve)
+        self.worker = (
+            Worker(
+                self.db,
+                self.transport,
+                self.registry,
+                node_id=self.node_id,
+                config=WorkerConfig(
+                    concurrency=settings.worker_concurrency,
+                    lease_seconds=settings.job_lease_seconds,
+                    sweep_interval=settings.job_sweep_interval_seconds,
+                    republish_after=settings.job_republish_after_seconds,
+                    backoff_base=settings.job_backoff_base_seconds,
+                    backoff_max=settings.job_backoff_max_seconds,
+                    shutdown_grace=settings.shutdown_grace_seconds,
+                    default_max_attempts=settings.job_max_attempts,
+                ),
+                resources={"settings": settings},
+            )
+            if runs_worker
+            else None
+        )
+        self.cluster = ClusterMembership(
+            self.backplane,
+            node_id=self.node_id,
+            role=role,
+            interval=settings.node_heartbeat_seconds,
+        )
+        self.db.hooks.events_committed = self._on_events_committed
+        self.db.hooks.jobs_committed = self.transport.publish
+        self._poke_pending = False
+        self._background: set[asyncio.Task[None]] = set()
+        self.started = False
+
+    async def start(self) -> None:
+        await self.backplane.start()
+        await self.backplane.subscribe(OUTBOX_POKE_CHANNEL, lambda _c, _d: self.dispatcher.poke())
+        await self.cluster.start()
+        self.dispatcher.start()
+        if self.worker is not None:
+            await self.worker.start()
+        self.started = True
+        _log.info(
+            "runtime_started", node=self.node_id, role=self.role, **self.settings.safe_summary()
+        )
+
+    async def stop(self) -> None:
+        if self.worker is not None:
+            await self.worker.stop()
+        await self.dispatcher.stop()
+        await self.cluster.close()
+        await self.backplane.close()
+        for task in list(self._background):
+            await asyncio.gather(task, return_exceptions=True)
+        await self.db.dispose()
+        if self.redis is not None:
+            await self.redis.aclose()
+        self.started = False
+        _log.info("runtime_stopped", node=self.node_id)
+
+    def _on_events_committed(self) -> None:
+        self.dispatcher.poke()
+        if self.redis is None or self._poke_pending:
+            return
+        # Another process may hold the dispatcher lease: wake it too, one message per burst.
+        self._poke_pending = True
+        task = asyncio.create_task(self._poke_cluster())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _poke_cluster(self) -> None:
+        self._poke_pending = False
+        try:
+            await self.backplane.publish(OUTBOX_POKE_CHANNEL, b"1")
+        except Exception:
+            _log.warning("outbox_poke_failed", exc_info=True)

@@ -1,0 +1,255 @@
+"""Configuration: every knob is a ``TIDINGS_*`` environment variable (or a line in ``.env``).
+
+The profile is derived from the URLs, never set by hand: a SQLite database means the embedded
+profile (one process, everything in-process); PostgreSQL means the scaled profile, which also
+needs Redis for the backplane, job transport, event stream and shared rate limits.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import secrets
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+ENV_PREFIX = "TIDINGS_"
+SECRETS_FILE_NAME = "secrets.json"
+MIN_JWT_SECRET_BYTES = 32
+# Values that appear in tutorials and example files; refused outside the embedded profile.
+KNOWN_WEAK_SECRETS = frozenset(
+    {"changeme", "change-me", "secret", "password", "default", "test", "development", "tidings"}
+)
+
+
+class Profile(StrEnum):
+    EMBEDDED = "embedded"
+    SCALED = "scaled"
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid; the message names the variable and is safe to print."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    data_dir: Path = Path("data")
+    # Connection URLs can carry passwords: kept out of repr, shown masked by `safe_summary`.
+    database_url: str | None = Field(default=None, repr=False)
+    redis_url: str | None = Field(default=None, repr=False)
+    database_pool_size: int = Field(default=10, ge=1, le=200)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    public_url: str | None = None
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+
+    jwt_secret: SecretStr | None = None
+    master_key: SecretStr | None = None
+
+    worker_concurrency: int = Field(default=64, ge=1, le=10_000)
+    job_lease_seconds: float = Field(default=60.0, gt=0)
+    job_max_attempts: int = Field(default=5, ge=1, le=100)
+    job_backoff_base_seconds: float = Field(default=1.0, gt=0)
+    job_backoff_max_seconds: float = Field(default=3600.0, gt=0)
+    job_sweep_interval_seconds: float = Field(default=1.0, gt=0)
+    job_republish_after_seconds: float = Field(default=60.0, gt=0)
+    job_retention_hours: float = Field(default=24.0, gt=0)
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    # None = the profile decides: embedded serves run the worker in-process, scaled ones do not.
+    serve_runs_worker: bool | None = None
+
+    outbox_batch_size: int = Field(default=500, ge=1, le=10_000)
+    outbox_poll_interval_seconds: float = Field(default=0.5, gt=0)
+    outbox_lease_seconds: float = Field(default=10.0, gt=0)
+    event_stream_maxlen: int = Field(default=100_000, ge=100)
+
+    node_heartbeat_seconds: float = Field(default=2.0, gt=0)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("database_url", "redis_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError("not a database URL") from None
+        if url.drivername not in {"sqlite+aiosqlite", "postgresql+asyncpg"}:
+            raise ValueError(
+                f"unsupported driver {url.drivername!r}; "
+                "use sqlite+aiosqlite:///path or postgresql+asyncpg://user@host/db"
+            )
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @model_validator(mode="after")
+    def _check_profile(self) -> Settings:
+        if self.profile is Profile.SCALED:
+            if self.redis_url is None:
+                raise ValueError(
+                    "TIDINGS_REDIS_URL is required when TIDINGS_DATABASE_URL is PostgreSQL "
+                    "(the scaled profile)"
+                )
+            _require_strong_secrets(self)
+        if self.jwt_secret is not None:
+            _check_jwt_secret(self.jwt_secret, strict=self.profile is Profile.SCALED)
+        if self.master_key is not None:
+            decode_master_key(self.master_key)
+        return self
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url is not None:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'tidings.db').resolve()}"
+
+    @property
+    def profile(self) -> Profile:
+        if self.database_url is not None and self.database_url.startswith("postgresql"):
+            return Profile.SCALED
+        return Profile.EMBEDDED
+
+    @property
+    def runs_worker_in_serve(self) -> bool:
+        if self.serve_runs_worker is not None:
+            return self.serve_runs_worker
+        return self.profile is Profile.EMBEDDED
+
+    def safe_summary(self) -> dict[str, Any]:
+        """What `tidings check` prints and start-up logs: URLs masked, secrets reduced to 'set'."""
+        return {
+            "profile": self.profile.value,
+            "data_dir": str(self.data_dir),
+            "database": mask_url(self.effective_database_url),
+            "redis": mask_url(self.redis_url) if self.redis_url else None,
+            "listen": f"{self.host}:{self.port}",
+            "jwt_secret": "set" if self.jwt_secret else "generated in data dir",
+            "master_key": "set" if self.master_key else "generated in data dir",
+            "worker_in_serve": self.runs_worker_in_serve,
+        }
+
+
+def mask_url(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def decode_master_key(value: SecretStr) -> bytes:
+    raw = value.get_secret_value().strip()
+    try:
+        key = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+    except (binascii.Error, ValueError):
+        raise ValueError("TIDINGS_MASTER_KEY must be 32 random bytes, base64url-encoded") from None
+    if len(key) != 32:
+        raise ValueError("TIDINGS_MASTER_KEY must be 32 random bytes, base64url-encoded")
+    if len(set(key)) < 16:
+        raise ValueError("TIDINGS_MASTER_KEY is not random enough")
+    return key
+
+
+def _check_jwt_secret(value: SecretStr, *, strict: bool) -> None:
+    secret = value.get_secret_value()
+    if not strict:
+        return
+    if secret.lower() in KNOWN_WEAK_SECRETS or len(set(secret)) < 10:
+        raise ValueError("TIDINGS_JWT_SECRET is a default or weak value; generate a random one")
+    if len(secret.encode()) < MIN_JWT_SECRET_BYTES:
+        raise ValueError(f"TIDINGS_JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes")
+
+
+def _require_strong_secrets(settings: Settings) -> None:
+    if settings.jwt_secret is None:
+        raise ValueError("TIDINGS_JWT_SECRET is required in the scaled profile")
+    if settings.master_key is None:
+        raise ValueError("TIDINGS_MASTER_KEY is required in the scaled profile")
+
+
+def ensure_embedded_secrets(settings: Settings) -> Settings:
+    """Fill missing secrets in the embedded profile from ``<data_dir>/secrets.json``.
+
+    The file is created once with mode 0600; later starts reuse it, so tokens and encrypted
+    credentials survive restarts.
+    """
+    if settings.jwt_secret is not None and settings.master_key is not None:
+        return settings
+    if settings.profile is not Profile.EMBEDDED:
+        raise SettingsError("TIDINGS_JWT_SECRET and TIDINGS_MASTER_KEY are required")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.data_dir / SECRETS_FILE_NAME
+    stored = _read_or_create_secrets(path)
+    updates: dict[str, Any] = {}
+    if settings.jwt_secret is None:
+        updates["jwt_secret"] = SecretStr(stored["jwt_secret"])
+    if settings.master_key is None:
+        updates["master_key"] = SecretStr(stored["master_key"])
+    return settings.model_copy(update=updates)
+
+
+def _read_or_create_secrets(path: Path) -> dict[str, str]:
+    generated = {
+        "jwt_secret": secrets.token_urlsafe(48),
+        "master_key": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("="),
+    }
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        data: dict[str, str] = json.loads(path.read_text(encoding="utf-8"))
+        return data
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(generated, handle)
+    return generated
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate settings; raise SettingsError with one printable line on bad input."""
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_describe_validation_error(exc)) from None
+    return ensure_embedded_secrets(settings)
+
+
+def _describe_validation_error(exc: ValidationError) -> str:
+    first = exc.errors(include_url=False, include_input=False)[0]
+    location = [str(part) for part in first["loc"]]
+    message = str(first["msg"]).removeprefix("Value error, ")
+    if location:
+        return f"invalid setting {ENV_PREFIX}{location[0].upper()}: {message}"
+    return f"invalid settings: {message}"
