@@ -7,6 +7,7 @@ database is PostgreSQL and Redis carries the backplane, the job transport and th
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import socket
 import uuid
@@ -29,7 +30,6 @@ from tidings.system.cluster import ClusterMembership
 
 Role = Literal["serve", "worker", "cli"]
 OUTBOX_POKE_CHANNEL = "outbox"
-EVENT_STREAM = "tidings:events"
 _log = get_logger(__name__)
 
 
@@ -49,8 +49,11 @@ class Runtime:
         if settings.profile is Profile.SCALED:
             assert settings.redis_url is not None  # noqa: S101 - enforced by Settings
             self.redis = redis_client(settings.redis_url)
-            self.backplane = RedisBackplane(self.redis)
-            self.transport = RedisStreamTransport(self.redis, consumer=self.node_id)
+            prefix = settings.redis_prefix
+            self.backplane = RedisBackplane(self.redis, prefix=prefix)
+            self.transport = RedisStreamTransport(
+                self.redis, stream=f"{prefix}jobs", consumer=self.node_id
+            )
         else:
             self.backplane = InProcessBackplane()
             self.transport = InProcessTransport()
@@ -64,7 +67,9 @@ class Runtime:
         if self.redis is not None:
             self.dispatcher.add_live(
                 RedisEventStream(
-                    self.redis, stream=EVENT_STREAM, maxlen=settings.event_stream_maxlen
+                    self.redis,
+                    stream=f"{settings.redis_prefix}events",
+                    maxlen=settings.event_stream_maxlen,
                 )
             )
         runs_worker = role == "worker" or (role == "serve" and settings.runs_worker_in_serve)
@@ -100,6 +105,8 @@ class Runtime:
         self._poke_pending = False
         self._background: set[asyncio.Task[None]] = set()
         self.started = False
+        for module_name in settings.plugins:
+            _load_plugin(module_name, self)
 
     async def start(self) -> None:
         await self.backplane.start()
@@ -143,3 +150,10 @@ class Runtime:
             await self.backplane.publish(OUTBOX_POKE_CHANNEL, b"1")
         except Exception:
             _log.warning("outbox_poke_failed", exc_info=True)
+
+
+def _load_plugin(module_name: str, runtime: Runtime) -> None:
+    module = importlib.import_module(module_name)
+    setup = getattr(module, "setup", None)
+    if callable(setup):
+        setup(runtime)

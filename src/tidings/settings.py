@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, repr=False)
     redis_url: str | None = Field(default=None, repr=False)
     database_pool_size: int = Field(default=10, ge=1, le=200)
+    # Every Redis key and channel starts with this, so deployments can share one Redis.
+    redis_prefix: str = Field(default="tidings:", min_length=1, max_length=64)
+    # Modules imported at start; each may define `setup(runtime)` to add jobs and consumers.
+    plugins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -85,7 +89,7 @@ class Settings(BaseSettings):
 
     node_heartbeat_seconds: float = Field(default=2.0, gt=0)
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "plugins", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -1,0 +1,187 @@
+"""The event outbox: events commit with their state, dispatch in order, and survive failures."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tests.conftest import REDIS_URL
+from tests.support.helpers import CollectingConsumer, eventually
+from tidings.events.dispatcher import DispatchedEvent, OutboxDispatcher
+from tidings.events.models import Event, EventStream, ProcessedEvent
+from tidings.events.service import NewEvent, emit, emit_many
+from tidings.runtime import Runtime
+from tidings.settings import Settings
+
+
+@pytest.fixture
+async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    rt = Runtime(settings, role="serve")
+    await rt.start()
+    yield rt
+    await rt.stop()
+
+
+async def _count(rt: Runtime, model: type[Event] | type[EventStream]) -> int:
+    async with rt.db.read() as session:
+        return int(await session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+async def test_committed_events_are_dispatched_in_order(runtime: Runtime) -> None:
+    collector = CollectingConsumer()
+    runtime.dispatcher.add_live(collector)
+    workspace = uuid.uuid4()
+    for index in range(5):
+        async with runtime.db.transaction() as session:
+            await emit(
+                session,
+                "message.created",
+                stream_key="conversation:1",
+                payload={"index": index},
+                workspace_id=workspace,
+            )
+    await eventually(lambda: _ready(collector, 5))
+    assert [e.payload["index"] for e in collector.received] == [0, 1, 2, 3, 4]
+    assert [e.stream_seq for e in collector.received] == [1, 2, 3, 4, 5]
+    assert {e.workspace_id for e in collector.received} == {workspace}
+    decoded = orjson.loads(collector.received[0].json)
+    assert decoded["type"] == "message.created"
+    assert decoded["seq"] == 1
+
+
+async def _ready(collector: CollectingConsumer, count: int) -> bool:
+    return len(collector.unique()) >= count
+
+
+async def test_rolled_back_transaction_leaves_no_event(runtime: Runtime) -> None:
+    collector = CollectingConsumer()
+    runtime.dispatcher.add_live(collector)
+    with pytest.raises(RuntimeError, match="business rule failed"):
+        async with runtime.db.transaction() as session:
+            await emit(session, "thing.created", stream_key="s:rollback", payload={})
+            raise RuntimeError("business rule failed")
+    assert await _count(runtime, Event) == 0
+    assert await _count(runtime, EventStream) == 0
+    # The next event on the stream gets sequence 1: the rolled-back one left no gap.
+    async with runtime.db.transaction() as session:
+        event = await emit(session, "thing.created", stream_key="s:rollback", payload={})
+    assert event.stream_seq == 1
+    await eventually(lambda: _ready(collector, 1))
+    assert [e.type for e in collector.received] == ["thing.created"]
+
+
+async def test_concurrent_writers_get_gap_free_sequences(runtime: Runtime) -> None:
+    collector = CollectingConsumer()
+    runtime.dispatcher.add_live(collector)
+    streams = ["conversation:a", "conversation:b", "conversation:c"]
+
+    async def writer(worker: int) -> None:
+        for index in range(10):
+            async with runtime.db.transaction() as session:
+                await emit_many(
+                    session,
+                    [
+                        NewEvent("message.created", stream, {"worker": worker, "i": index})
+                        for stream in streams
+                    ],
+                )
+
+    await asyncio.gather(*(writer(w) for w in range(12)))
+    await eventually(lambda: _ready(collector, 360), within=30)
+    by_stream: dict[str, list[int]] = defaultdict(list)
+    for event in collector.unique():
+        by_stream[event.stream_key].append(event.stream_seq)
+    for stream in streams:
+        # Delivered in sequence order, with every sequence from 1 to 120 exactly once.
+        assert by_stream[stream] == list(range(1, 121))
+
+
+async def test_failing_live_consumer_gets_the_batch_again(runtime: Runtime) -> None:
+    flaky = CollectingConsumer("flaky", fail_times=2)
+    runtime.dispatcher.add_live(flaky)
+    async with runtime.db.transaction() as session:
+        await emit(session, "a.b", stream_key="s:flaky", payload={"n": 1})
+    await eventually(lambda: _ready(flaky, 1))
+    assert flaky.batches >= 3
+    async with runtime.db.read() as session:
+        dispatched = await session.scalar(select(Event.dispatched_at))
+    assert dispatched is not None
+
+
+class LedgerConsumer:
+    """A transactional consumer: its effect commits with the dispatch mark, once per event."""
+
+    name = "ledger"
+
+    async def handle(self, session: AsyncSession, events: Sequence[DispatchedEvent]) -> None:
+        session.add_all(ProcessedEvent(consumer=self.name, event_id=e.id) for e in events)
+
+
+async def test_transactional_consumer_sees_each_event_once(runtime: Runtime) -> None:
+    runtime.dispatcher.add_transactional(LedgerConsumer())
+    async with runtime.db.transaction() as session:
+        await emit_many(session, [NewEvent("x.y", "s:ledger", {"i": i}) for i in range(50)])
+
+    async def processed() -> int:
+        async with runtime.db.read() as session:
+            return int(await session.scalar(select(func.count()).select_from(ProcessedEvent)) or 0)
+
+    assert await eventually(processed) == 50
+    await asyncio.sleep(0.3)  # further polls must not process anything again
+    assert await processed() == 50
+
+
+async def test_one_leader_dispatches_and_a_standby_takes_over(
+    runtime: Runtime, settings: Settings
+) -> None:
+    await eventually(lambda: _is_leader(runtime.dispatcher))
+    standby = OutboxDispatcher(
+        runtime.db,
+        node_id="standby",
+        poll_interval=0.05,
+        lease_seconds=settings.outbox_lease_seconds,
+    )
+    collector = CollectingConsumer()
+    standby.add_live(collector)
+    standby.start()
+    try:
+        await asyncio.sleep(0.3)
+        assert not standby.is_leader
+        await runtime.dispatcher.stop()  # releases the lease
+        await eventually(lambda: _is_leader(standby))
+        async with runtime.db.transaction() as session:
+            await emit(session, "after.failover", stream_key="s:failover", payload={})
+        await eventually(lambda: _ready(collector, 1))
+    finally:
+        await standby.stop()
+
+
+async def _is_leader(dispatcher: OutboxDispatcher) -> bool:
+    return dispatcher.is_leader
+
+
+@pytest.mark.profiles("scaled")
+async def test_scaled_events_are_appended_to_the_redis_stream(
+    runtime: Runtime, settings: Settings
+) -> None:
+    async with runtime.db.transaction() as session:
+        event = await emit(session, "audit.recorded", stream_key="s:redis", payload={"k": "v"})
+    client = aioredis.from_url(REDIS_URL)
+    try:
+
+        async def entries() -> list[object]:
+            return await client.xrange(f"{settings.redis_prefix}events")  # type: ignore[no-any-return]
+
+        [(_, fields)] = await eventually(entries)
+    finally:
+        await client.aclose()
+    assert fields[b"id"].decode() == str(event.id)
+    assert orjson.loads(fields[b"data"])["payload"] == {"k": "v"}

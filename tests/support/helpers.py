@@ -1,0 +1,52 @@
+"""Small helpers shared by tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+from tidings.events.dispatcher import DispatchedEvent
+
+T = TypeVar("T")
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]], *, within: float = 10.0, interval: float = 0.02
+) -> T:
+    """Poll `probe` until it returns a truthy value; fail with the last value after `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within}s (last value: {value!r})")
+        await asyncio.sleep(interval)
+
+
+class CollectingConsumer:
+    """A live consumer that keeps what it receives (and can be told to fail a few times)."""
+
+    def __init__(self, name: str = "collector", fail_times: int = 0) -> None:
+        self.name = name
+        self.received: list[DispatchedEvent] = []
+        self.batches = 0
+        self._fail_times = fail_times
+
+    async def handle(self, events: Sequence[DispatchedEvent]) -> None:
+        self.batches += 1
+        if self._fail_times > 0:
+            self._fail_times -= 1
+            raise ConnectionError("consumer temporarily down")
+        self.received.extend(events)
+
+    def unique(self) -> list[DispatchedEvent]:
+        seen: set[object] = set()
+        result = []
+        for event in self.received:
+            if event.id not in seen:
+                seen.add(event.id)
+                result.append(event)
+        return result
