@@ -66,7 +66,7 @@ class RedisStreamTransport:
         stream: str = "tidings:jobs",
         group: str = "workers",
         consumer: str,
-        maxlen: int = 1_000_000,
+        maxlen: int = 100_000,
     ) -> None:
         self._client = client
         self._stream = stream
