@@ -18,7 +18,7 @@ import shutil
 import socket
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,19 +98,23 @@ def _worker_id(request: pytest.FixtureRequest) -> str:
     return str(getattr(request.config, "workerinput", {}).get("workerid", "main"))
 
 
+def _require(service: str, address: str, probe: Callable[[], Awaitable[None]]) -> None:
+    try:
+        asyncio.run(probe())
+    except Exception as exc:
+        pytest.fail(
+            f"{service} is required for the scaled profile and is not reachable at {address}: "
+            f"{exc!r}. Start it (see README) or run `make test-sqlite`.",
+            pytrace=False,
+        )
+
+
 def _require_postgres() -> None:
     async def probe() -> None:
         conn = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=5)
         await conn.close()
 
-    try:
-        asyncio.run(probe())
-    except Exception as exc:
-        pytest.fail(
-            f"PostgreSQL is required for the scaled profile and is not reachable at "
-            f"{POSTGRES_ADMIN_DSN}: {exc!r}. Start it or run `make test-sqlite`.",
-            pytrace=False,
-        )
+    _require("PostgreSQL", POSTGRES_ADMIN_DSN, probe)
 
 
 def _require_redis() -> None:
@@ -121,14 +125,7 @@ def _require_redis() -> None:
         finally:
             await client.aclose()
 
-    try:
-        asyncio.run(probe())
-    except Exception as exc:
-        pytest.fail(
-            f"Redis is required for the scaled profile and is not reachable at {REDIS_URL}: "
-            f"{exc!r}. Start it or run `make test-sqlite`.",
-            pytrace=False,
-        )
+    _require("Redis", REDIS_URL, probe)
 
 
 @pytest.fixture(scope="session")

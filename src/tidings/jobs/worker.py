@@ -245,13 +245,13 @@ class Worker:
             )
         values.update(locked_by=None, lease_expires_at=None)
         async with self._db.transaction() as session:
-            await session.execute(self._owned(job.id).values(**values))
+            await session.execute(self._owned([job.id]).values(**values))
         metrics.JOB_OUTCOMES.labels(job.name, outcome).inc()
 
     async def _release(self, job: ClaimedJob) -> None:
         async with self._db.transaction() as session:
             await session.execute(
-                self._owned(job.id).values(
+                self._owned([job.id]).values(
                     status=JobStatus.QUEUED.value,
                     attempts=Job.attempts - 1,
                     run_at=utcnow(),
@@ -261,12 +261,12 @@ class Worker:
                 )
             )
 
-    def _owned(self, job_id: uuid.UUID) -> Any:
-        # Only the lease holder may finish a job: after a lease expiry another worker owns it.
+    def _owned(self, job_ids: Sequence[uuid.UUID]) -> Any:
+        # Only the lease holder may touch a job: after a lease expiry another worker owns it.
         return (
             update(Job)
             .where(
-                Job.id == job_id,
+                Job.id.in_(job_ids),
                 Job.locked_by == self._node_id,
                 Job.status == JobStatus.RUNNING.value,
             )
@@ -293,19 +293,12 @@ class Worker:
         try:
             async with self._db.transaction() as session:
                 await session.execute(
-                    update(Job)
-                    .where(
-                        Job.id.in_(batch),
-                        Job.locked_by == self._node_id,
-                        Job.status == JobStatus.RUNNING.value,
-                    )
-                    .values(
+                    self._owned(batch).values(
                         status=JobStatus.SUCCEEDED.value,
                         finished_at=utcnow(),
                         locked_by=None,
                         lease_expires_at=None,
                     )
-                    .execution_options(synchronize_session=False)
                 )
         except BaseException:
             self._completed[:0] = batch
@@ -321,17 +314,10 @@ class Worker:
             try:
                 async with self._db.transaction() as session:
                     await session.execute(
-                        update(Job)
-                        .where(
-                            Job.id.in_(running),
-                            Job.locked_by == self._node_id,
-                            Job.status == JobStatus.RUNNING.value,
-                        )
-                        .values(
+                        self._owned(running).values(
                             lease_expires_at=utcnow()
                             + timedelta(seconds=self._config.lease_seconds)
                         )
-                        .execution_options(synchronize_session=False)
                     )
             except Exception:
                 _log.exception("job_heartbeat_failed")
