@@ -24,6 +24,10 @@ from typing import Any
 
 import pytest
 
+POSTGRES_ADMIN_DSN = os.environ.get(
+    "TIDINGS_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("TIDINGS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 # A developer's own TIDINGS_* variables must not leak into tests.
 for _name in [name for name in os.environ if name.startswith("TIDINGS_")]:
     del os.environ[_name]
@@ -37,13 +41,10 @@ from fastapi import FastAPI  # noqa: E402
 from tidings.app import create_app  # noqa: E402
 from tidings.db import migrate  # noqa: E402
 from tidings.db.models import Base  # noqa: E402
+from tidings.infra.logging import configure_logging  # noqa: E402
 from tidings.settings import Settings  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-POSTGRES_ADMIN_DSN = os.environ.get(
-    "TIDINGS_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
-REDIS_URL = os.environ.get("TIDINGS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 PROFILES = ("embedded", "scaled")
 PROFILE_LABELS = {"embedded": "SQLite, in-process", "scaled": "PostgreSQL + Redis"}
 
@@ -69,13 +70,19 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         profiles = _selected_profiles(metafunc.config)
         marker = metafunc.definition.get_closest_marker("profiles")
         if marker is not None:  # a test that is profile-independent runs on the ones it names
-            profiles = [p for p in profiles if p in marker.args] or list(marker.args[:1])
+            profiles = [p for p in profiles if p in marker.args]
         metafunc.parametrize("profile", profiles, scope="session")
 
 
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _json_logs() -> None:
+    # The production format: plain-text tracebacks in failure reports, and fast.
+    configure_logging("info", "json")
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -214,6 +221,17 @@ FAST_TIMINGS: dict[str, Any] = {
     "outbox_lease_seconds": 2.0,
     "node_heartbeat_seconds": 0.2,
     "shutdown_grace_seconds": 2.0,
+    # OWASP's argon2id floor: real hashing, a few milliseconds per test account.
+    "argon2_time_cost": 2,
+    "argon2_memory_kib": 19_456,
+    "argon2_parallelism": 1,
+    # Generous limits by default; rate-limit tests set their own.
+    "rate_limit_ip": "100000/minute",
+    "rate_limit_user": "100000/minute",
+    "rate_limit_api_key": "100000/minute",
+    "rate_limit_login": "100000/minute",
+    "rate_limit_register": "100000/minute",
+    "rate_limit_refresh": "100000/minute",
 }
 
 

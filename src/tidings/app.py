@@ -9,9 +9,11 @@ from fastapi import APIRouter, FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from tidings import __version__
+from tidings.audit.routes import router as audit_router
 from tidings.db import migrate
 from tidings.http.middleware import BodyGuardMiddleware, RequestContextMiddleware
 from tidings.http.problems import install_problem_handlers
+from tidings.identity.routes import routers as identity_routers
 from tidings.infra.logging import get_logger
 from tidings.runtime import Runtime
 from tidings.settings import Profile, Settings, load_settings
@@ -66,6 +68,9 @@ def create_app(
     app.state.settings = settings
     install_problem_handlers(app)
     app.include_router(system_router)
+    for router in identity_routers:
+        app.include_router(router)
+    app.include_router(audit_router)
     for router in routers:
         app.include_router(router)
     # Added last = outermost: request ids wrap everything, including CORS preflights.

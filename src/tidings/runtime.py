@@ -15,9 +15,11 @@ from typing import Literal
 
 import redis.asyncio as aioredis
 
+from tidings.audit.service import AuditConsumer
 from tidings.db.database import Database
 from tidings.events.dispatcher import OutboxDispatcher
 from tidings.events.sinks import RedisEventStream
+from tidings.identity.component import Identity
 from tidings.infra.backplane import Backplane, InProcessBackplane, RedisBackplane
 from tidings.infra.logging import get_logger
 from tidings.infra.redis import redis_client
@@ -64,6 +66,8 @@ class Runtime:
             poll_interval=settings.outbox_poll_interval_seconds,
             lease_seconds=settings.outbox_lease_seconds,
         )
+        self.identity = Identity(settings, self.db, self.backplane, self.redis)
+        self.dispatcher.add_transactional(AuditConsumer())
         if self.redis is not None:
             self.dispatcher.add_live(
                 RedisEventStream(
@@ -111,6 +115,7 @@ class Runtime:
     async def start(self) -> None:
         await self.backplane.start()
         await self.backplane.subscribe(OUTBOX_POKE_CHANNEL, lambda _c, _d: self.dispatcher.poke())
+        await self.identity.start()
         await self.cluster.start()
         self.dispatcher.start()
         if self.worker is not None:
@@ -124,6 +129,7 @@ class Runtime:
         if self.worker is not None:
             await self.worker.stop()
         await self.dispatcher.stop()
+        await self.identity.stop()
         await self.cluster.close()
         await self.backplane.close()
         for task in list(self._background):

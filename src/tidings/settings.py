@@ -67,7 +67,35 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
 
     jwt_secret: SecretStr | None = None
+    # Old signing keys still accepted for verification while tokens signed with them live.
+    jwt_previous_secrets: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    jwt_issuer: str = "tidings"
     master_key: SecretStr | None = None
+
+    access_token_minutes: int = Field(default=15, ge=1, le=60)
+    refresh_token_idle_days: float = Field(default=7, gt=0, le=90)
+    session_max_days: float = Field(default=30, gt=0, le=365)
+    # The first account of a fresh install can always register (and becomes instance admin).
+    open_registration: bool = True
+    # argon2id cost; the floor is OWASP's minimum (m=19 MiB, t=2, p=1).
+    argon2_time_cost: int = Field(default=3, ge=2, le=20)
+    argon2_memory_kib: int = Field(default=65_536, ge=19_456, le=1_048_576)
+    argon2_parallelism: int = Field(default=4, ge=1, le=16)
+    # How long a validated API key or session is trusted without asking the database again;
+    # revocations are also pushed to every process over the backplane at once.
+    auth_cache_seconds: float = Field(default=1.0, gt=0, le=60)
+
+    rate_limit_ip: str = "600/minute"
+    rate_limit_user: str = "600/minute"
+    rate_limit_api_key: str = "1200/minute"
+    rate_limit_login: str = "10/minute"
+    rate_limit_register: str = "10/hour"
+    rate_limit_refresh: str = "60/minute"
+
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_jwks_url: str | None = None
+    oidc_auto_provision: bool = False
 
     worker_concurrency: int = Field(default=64, ge=1, le=10_000)
     job_lease_seconds: float = Field(default=60.0, gt=0)
@@ -88,14 +116,29 @@ class Settings(BaseSettings):
 
     node_heartbeat_seconds: float = Field(default=2.0, gt=0)
 
-    @field_validator("cors_origins", "plugins", mode="before")
+    @field_validator("cors_origins", "plugins", "jwt_previous_secrets", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
-    @field_validator("database_url", "redis_url", mode="before")
+    @field_validator(
+        "rate_limit_ip",
+        "rate_limit_user",
+        "rate_limit_api_key",
+        "rate_limit_login",
+        "rate_limit_register",
+        "rate_limit_refresh",
+    )
+    @classmethod
+    def _check_rate(cls, value: str) -> str:
+        from tidings.infra.ratelimit import Rate
+
+        Rate.parse(value)
+        return value
+
+    @field_validator("database_url", "redis_url", "oidc_issuer", "oidc_audience", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value
@@ -136,6 +179,8 @@ class Settings(BaseSettings):
             _check_jwt_secret(self.jwt_secret, strict=self.profile is Profile.SCALED)
         if self.master_key is not None:
             decode_master_key(self.master_key)
+        if (self.oidc_issuer is None) != (self.oidc_audience is None):
+            raise ValueError("TIDINGS_OIDC_ISSUER and TIDINGS_OIDC_AUDIENCE go together")
         return self
 
     @property

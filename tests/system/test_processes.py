@@ -162,10 +162,25 @@ def test_two_servers_reach_each_other_over_redis(
         wait_http_ok(f"http://127.0.0.1:{port_a}/healthz", a, log_a)
         wait_http_ok(f"http://127.0.0.1:{port_b}/healthz", b, log_b)
 
+        # The first account of the install is its administrator; its token works on both.
+        registered = httpx.post(
+            f"http://127.0.0.1:{port_a}/api/v1/auth/register",
+            json={
+                "email": "ops@example.com",
+                "password": "correct horse battery",
+                "display_name": "ops",
+            },
+            timeout=10,
+        )
+        assert registered.status_code == 201, registered.text
+        admin = {"Authorization": f"Bearer {registered.json()['tokens']['access_token']}"}
+
         def nodes(port: int) -> dict[str, Any]:
-            body: dict[str, Any] = httpx.get(
-                f"http://127.0.0.1:{port}/api/v1/system/nodes", timeout=2
-            ).json()
+            response = httpx.get(
+                f"http://127.0.0.1:{port}/api/v1/system/nodes", headers=admin, timeout=2
+            )
+            assert response.status_code == 200, response.text
+            body: dict[str, Any] = response.json()
             return body
 
         wait_for(lambda: len(nodes(port_a)["nodes"]) == 2 and len(nodes(port_b)["nodes"]) == 2)

@@ -1,8 +1,36 @@
 """Every table, imported in one place so the metadata is complete (tests, autogenerate)."""
 
+from tidings.audit.models import AuditEntry
 from tidings.db.base import Base
 from tidings.db.leases import Lease
 from tidings.events.models import Event, EventStream, ProcessedEvent
+from tidings.identity.models import (
+    ApiKey,
+    ExternalAccount,
+    Invitation,
+    Membership,
+    RefreshToken,
+    Session,
+    User,
+    Workspace,
+)
 from tidings.jobs.models import Job, PeriodicSchedule
 
-__all__ = ["Base", "Event", "EventStream", "Job", "Lease", "PeriodicSchedule", "ProcessedEvent"]
+__all__ = [
+    "ApiKey",
+    "AuditEntry",
+    "Base",
+    "Event",
+    "EventStream",
+    "ExternalAccount",
+    "Invitation",
+    "Job",
+    "Lease",
+    "Membership",
+    "PeriodicSchedule",
+    "ProcessedEvent",
+    "RefreshToken",
+    "Session",
+    "User",
+    "Workspace",
+]

@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 
 from tidings import __version__
 from tidings.http.problems import problem_response
+from tidings.identity.deps import AdminDep
 from tidings.runtime import Runtime
 
 router = APIRouter(tags=["system"])
@@ -66,7 +67,9 @@ async def version(request: Request) -> dict[str, str]:
     return {"version": __version__, "profile": _runtime(request).settings.profile.value}
 
 
-@router.get("/api/v1/system/nodes", summary="Tidings processes seen alive on the backplane")
-async def nodes(request: Request) -> dict[str, Any]:
+@router.get(
+    "/api/v1/system/nodes", summary="Tidings processes seen alive on the backplane (admins)"
+)
+async def nodes(request: Request, _: AdminDep) -> dict[str, Any]:
     runtime = _runtime(request)
     return {"self": runtime.node_id, "nodes": [asdict(node) for node in runtime.cluster.alive()]}

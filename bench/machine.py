@@ -1,0 +1,223 @@
+"""What the benchmark ran on: the machine, the services and the library versions."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import resource
+import sqlite3
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from bench.profiles import BENCH_DATABASE
+
+# Processes whose CPU time is attributed to the services under test (not the bench process).
+SERVICE_PROCESS_NAMES = ("postgres", "redis-server")
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_PACKAGES = ("tidings", "sqlalchemy", "asyncpg", "aiosqlite", "redis", "hiredis", "saq", "arq")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _memory_gib() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+async def describe(postgres_dsn: str | None, redis_url: str | None) -> dict[str, Any]:
+    """A JSON-able description of this machine and of the services the profiles use."""
+    info: dict[str, Any] = {
+        "cores": os.cpu_count(),
+        "cpu": _cpu_model(),
+        "memory_gib": _memory_gib(),
+        "kernel": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "sqlite": sqlite3.sqlite_version,
+        "load_average": [round(value, 2) for value in os.getloadavg()],
+        "packages": {name: _version(name) for name in _PACKAGES},
+    }
+    if postgres_dsn is not None:
+        conn = await asyncpg.connect(postgres_dsn, timeout=5)
+        try:
+            info["postgresql"] = await conn.fetchval("SHOW server_version")
+            info["postgresql_settings"] = {
+                name: await conn.fetchval(f"SHOW {name}")
+                for name in ("synchronous_commit", "fsync", "shared_buffers", "max_connections")
+            }
+        finally:
+            await conn.close()
+    if redis_url is not None:
+        client = aioredis.from_url(redis_url)  # type: ignore[no-untyped-call]
+        try:
+            server = await client.info("server")
+            info["redis"] = server.get("redis_version")
+        finally:
+            await client.aclose()
+    return info
+
+
+def summary_line(info: dict[str, Any]) -> str:
+    parts = [
+        f"{info['cores']} cores ({info['cpu']})",
+        f"{info['memory_gib']} GiB",
+        info["kernel"],
+        f"Python {info['python']}",
+        f"SQLite {info['sqlite']}",
+    ]
+    if "postgresql" in info:
+        parts.append(f"PostgreSQL {info['postgresql']}")
+    if "redis" in info:
+        parts.append(f"Redis {info['redis']}")
+    return ", ".join(parts)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        return ""
+
+
+def _is_ours(name: str, pid_dir: Path, database: str) -> bool:
+    """Whether a PostgreSQL/Redis process works for this benchmark (not for someone else).
+
+    Redis and PostgreSQL's background processes are shared and counted as ours; a PostgreSQL
+    backend is ours only when it serves the bench database.
+    """
+    if name.startswith("redis-server"):
+        return True
+    title = _read(pid_dir / "cmdline").replace("\0", " ")
+    # Backends are titled "postgres: <cluster>: <user> <database> <client> <state>".
+    parts = title.split(": ", 2)
+    if len(parts) < 3 or " " not in parts[2]:
+        return True
+    words = parts[2].split()
+    return len(words) < 3 or words[1] == database
+
+
+def _service_cpu_seconds(database: str) -> float:
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        stat = _read(entry / "stat")
+        name_end = stat.rfind(")")
+        name = stat[stat.find("(") + 1 : name_end]
+        if not name.startswith(SERVICE_PROCESS_NAMES) or not _is_ours(name, entry, database):
+            continue
+        fields = stat[name_end + 2 :].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / _CLOCK_TICKS
+
+
+def _machine_busy_seconds() -> float:
+    """CPU time spent by everything on the machine (all cores), from /proc/stat."""
+    fields = _read(Path("/proc/stat")).splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class CpuMeter:
+    """CPU used over a measured span by this process, by the PostgreSQL/Redis work it caused,
+    and by everything else on the machine (other users' processes: interference).
+
+    Figures are percent of one core (200 % = both cores of a 2-core machine).
+    """
+
+    database: str = BENCH_DATABASE
+    wall: float = 0.0
+    own: float = 0.0
+    services: float = 0.0
+    machine: float = 0.0
+
+    def start(self) -> None:
+        self.wall = time.perf_counter()
+        self.own = _own_cpu_seconds()
+        self.services = _service_cpu_seconds(self.database)
+        self.machine = _machine_busy_seconds()
+
+    def stop(self) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self.wall, 1e-9)
+        own = _own_cpu_seconds() - self.own
+        services = _service_cpu_seconds(self.database) - self.services
+        other = max(0.0, _machine_busy_seconds() - self.machine - own - services)
+        return {
+            "bench_process_cpu_percent": round(100 * own / elapsed, 1),
+            "services_cpu_percent": round(100 * services / elapsed, 1),
+            "other_cpu_percent": round(100 * other / elapsed, 1),
+        }
+
+
+# Percent of one core used by other processes above which the machine counts as busy.
+BUSY_OTHERS_PERCENT = 25.0
+
+
+@dataclass
+class Quiet:
+    """Before each measured run: wait (up to `max_wait` s) until other processes are idle."""
+
+    max_wait: float = 0.0
+    # Never wait longer than this in total, so a busy machine cannot stretch a run unboundedly.
+    total_budget: float = 120.0
+    waited: float = 0.0
+    gave_up: int = 0
+
+    async def wait(self) -> None:
+        if self.max_wait <= 0:
+            return
+        started = time.perf_counter()
+        limit = min(self.max_wait, max(0.0, self.total_budget - self.waited))
+        while True:
+            meter = CpuMeter()
+            meter.start()
+            await asyncio.sleep(0.5)
+            if meter.stop()["other_cpu_percent"] < BUSY_OTHERS_PERCENT:
+                break
+            if time.perf_counter() - started >= limit:
+                self.gave_up += 1
+                break
+        self.waited += time.perf_counter() - started
+
+
+QUIET = Quiet()
+
+
+async def settle(seconds: float) -> None:
+    """A pause between measured runs so background work of the previous one winds down; then,
+    if asked (``--quiet-wait``), wait for other processes on the machine to go idle."""
+    await asyncio.sleep(seconds)
+    await QUIET.wait()
