@@ -35,6 +35,19 @@ from tidings.infra import metrics
 from tidings.infra.logging import get_logger
 
 LEASE_NAME = "outbox-dispatcher"
+MAX_INFLIGHT_BATCHES = 10
+_TABLE = Event.metadata.tables["events"]
+# In the order of DispatchedEvent's fields.
+_COLUMNS = (
+    _TABLE.c.id,
+    _TABLE.c.position,
+    _TABLE.c.type,
+    _TABLE.c.workspace_id,
+    _TABLE.c.stream_key,
+    _TABLE.c.stream_seq,
+    _TABLE.c.payload,
+    _TABLE.c.occurred_at,
+)
 _log = get_logger(__name__)
 
 
@@ -50,19 +63,6 @@ class DispatchedEvent:
     stream_seq: int
     payload: dict[str, Any]
     occurred_at: datetime
-
-    @classmethod
-    def from_row(cls, row: Event) -> DispatchedEvent:
-        return cls(
-            id=row.id,
-            position=row.position,
-            type=row.type,
-            workspace_id=row.workspace_id,
-            stream_key=row.stream_key,
-            stream_seq=row.stream_seq,
-            payload=row.payload,
-            occurred_at=row.occurred_at,
-        )
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -118,6 +118,13 @@ class OutboxDispatcher:
         self._task: asyncio.Task[None] | None = None
         self._leader_until = 0.0
         self.is_leader = False
+        # Batches handed to live consumers whose "dispatched" mark is not committed yet.
+        self._inflight: set[int] = set()
+        # Marked and committed; leaves `_inflight` only before the next read begins, so a read
+        # that started before the mark committed can never hand those events out again.
+        self._marked: list[int] = []
+        self._marks: asyncio.Queue[list[DispatchedEvent]] = asyncio.Queue()
+        self._marker: asyncio.Task[None] | None = None
 
     def add_live(self, consumer: LiveConsumer) -> None:
         self._live.append(consumer)
@@ -131,12 +138,18 @@ class OutboxDispatcher:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="outbox-dispatcher")
+        self._marker = asyncio.create_task(self._mark_loop(), name="outbox-marker")
 
     async def stop(self) -> None:
         self._stopping.set()
         self._wakeup.set()
         if self._task is not None:
             await self._task
+        if self._marker is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._marks.join(), timeout=self._lease_seconds)
+            self._marker.cancel()
+            await asyncio.gather(self._marker, return_exceptions=True)
         if self.is_leader:
             await release_lease(self._db, LEASE_NAME, self._node_id)
             self.is_leader = False
@@ -178,39 +191,83 @@ class OutboxDispatcher:
             await asyncio.wait_for(self._wakeup.wait(), timeout=seconds)
 
     async def dispatch_once(self) -> int:
-        """Dispatch one batch; return how many events it held."""
+        """Hand one batch to the live consumers; return how many events it held.
+
+        Marking the batch dispatched (with the transactional consumers) happens in a separate
+        task, so the next batch does not wait for the database's write lock.
+        """
         self._wakeup.clear()
-        async with self._db.read() as session:
+        if len(self._inflight) >= MAX_INFLIGHT_BATCHES * self._batch_size:
+            await self._marks.join()  # back-pressure: the marker is behind
+        self._inflight.difference_update(self._marked)
+        self._marked.clear()
+        async with self._db.read_engine.connect() as conn:
             rows = (
-                await session.scalars(
-                    select(Event)
-                    .where(Event.dispatched_at.is_(None))
-                    .order_by(Event.position)
-                    .limit(self._batch_size)
+                await conn.execute(
+                    select(*_COLUMNS)
+                    .where(_TABLE.c.dispatched_at.is_(None))
+                    .order_by(_TABLE.c.position)
+                    .limit(self._batch_size + len(self._inflight))
                 )
             ).all()
-        if not rows:
-            metrics.OUTBOX_LAG.set(0)
+        batch = [DispatchedEvent(*row) for row in rows if row.position not in self._inflight][
+            : self._batch_size
+        ]
+        if not batch:
+            if not self._inflight:
+                metrics.OUTBOX_LAG.set(0)
             return 0
-        batch = [DispatchedEvent.from_row(row) for row in rows]
         metrics.OUTBOX_LAG.set(max(0.0, (utcnow() - batch[0].occurred_at).total_seconds()))
         for consumer in self._live:
             await consumer.handle(batch)
-        positions = [event.position for event in batch]
-        async with self._db.transaction() as session:
-            for tx_consumer in self._transactional:
-                await tx_consumer.handle(session, batch)
-            await session.execute(
-                update(Event)
-                .where(Event.position.in_(positions), Event.dispatched_at.is_(None))
-                .values(dispatched_at=utcnow())
-                .execution_options(synchronize_session=False)
-            )
         now = utcnow()
         for event in batch:
             metrics.OUTBOX_DISPATCH_LATENCY.observe((now - event.occurred_at).total_seconds())
         metrics.OUTBOX_DISPATCHED.inc(len(batch))
+        self._inflight.update(event.position for event in batch)
+        self._marks.put_nowait(batch)
         # A full batch means more are waiting: go again without sleeping.
         if len(batch) == self._batch_size:
             self._wakeup.set()
         return len(batch)
+
+    async def _mark_loop(self) -> None:
+        while True:
+            batch = await self._marks.get()
+            taken = 1
+            while not self._marks.empty():  # coalesce what queued up meanwhile, in order
+                batch = batch + self._marks.get_nowait()
+                taken += 1
+            failures = 0
+            while True:
+                try:
+                    await self._mark(batch)
+                    break
+                except Exception:
+                    failures += 1
+                    _log.exception("outbox_mark_failed", failures=failures)
+                    await asyncio.sleep(min(0.05 * 2**failures, 5.0))
+            self._marked.extend(event.position for event in batch)
+            for _ in range(taken):
+                self._marks.task_done()
+
+    async def _mark(self, batch: list[DispatchedEvent]) -> None:
+        async with self._db.transaction() as session:
+            marked = set(
+                (
+                    await session.execute(
+                        update(_TABLE)
+                        .where(
+                            _TABLE.c.position.in_([event.position for event in batch]),
+                            _TABLE.c.dispatched_at.is_(None),
+                        )
+                        .values(dispatched_at=utcnow())
+                        .returning(_TABLE.c.position)
+                    )
+                ).scalars()
+            )
+            # Only events this transaction marked: a duplicate hand-out must not count twice.
+            fresh = [event for event in batch if event.position in marked]
+            if fresh:
+                for consumer in self._transactional:
+                    await consumer.handle(session, fresh)

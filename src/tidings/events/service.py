@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -67,8 +68,22 @@ async def emit_many(session: AsyncSession, new_events: Sequence[NewEvent]) -> li
                 occurred_at=now,
             )
         )
-    session.add_all(events)
-    await session.flush()
+    # A Core insert: the ORM unit of work costs more CPU than the write itself on this path.
+    await session.execute(
+        insert(Event.metadata.tables["events"]),
+        [
+            {
+                "id": e.id,
+                "type": e.type,
+                "workspace_id": e.workspace_id,
+                "stream_key": e.stream_key,
+                "stream_seq": e.stream_seq,
+                "payload": e.payload,
+                "occurred_at": e.occurred_at,
+            }
+            for e in events
+        ],
+    )
     wake = hooks_of(session).events_committed
     if wake is not None:
         after_commit(session, wake, key="events_committed")

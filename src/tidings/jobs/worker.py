@@ -9,6 +9,7 @@ written in batches: while one batch commits, the next accumulates.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import uuid
 from collections.abc import Mapping, Sequence
@@ -80,7 +81,8 @@ class Worker:
         self._resources = resources or {}
         self._running: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._slot_free = asyncio.Event()
-        self._stopping = asyncio.Event()
+        self._stopping = asyncio.Event()  # no new work
+        self._closing = asyncio.Event()  # running jobs are done: background loops end
         self._completed: list[uuid.UUID] = []
         self._completed_ready = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
@@ -103,9 +105,15 @@ class Worker:
     async def stop(self) -> None:
         """Stop taking work, let running jobs finish within the grace period, release the rest."""
         self._stopping.set()
+        self._slot_free.set()
+        # Loops are asked to end rather than cancelled: a cancel in the middle of a
+        # transaction could leave SQLite's write lock with a connection being torn down.
         if self._receive_task is not None:
-            self._receive_task.cancel()
-            await asyncio.gather(self._receive_task, return_exceptions=True)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._receive_task), timeout=5)
+            except TimeoutError:
+                self._receive_task.cancel()
+                await asyncio.gather(self._receive_task, return_exceptions=True)
         if self._running:
             _, still_running = await asyncio.wait(
                 list(self._running.values()), timeout=self._config.shutdown_grace
@@ -113,12 +121,17 @@ class Worker:
             for task in still_running:
                 task.cancel()
             await asyncio.gather(*still_running, return_exceptions=True)
+        self._closing.set()
         self._completed_ready.set()
-        for loop_task in self._loops:
-            loop_task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         await self._flush_completions()
         await self._transport.close()
+
+    async def _pause(self, seconds: float, until: asyncio.Event) -> bool:
+        """Sleep `seconds`; True (at once) when `until` is set."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(until.wait(), seconds)
+        return until.is_set()
 
     # -- receiving and claiming -------------------------------------------------------------
 
@@ -127,7 +140,8 @@ class Worker:
             free = self._config.concurrency - len(self._running)
             if free <= 0:
                 self._slot_free.clear()
-                await self._slot_free.wait()
+                if not self._stopping.is_set():
+                    await self._slot_free.wait()
                 continue
             try:
                 ids = await self._transport.receive(free, wait_seconds=0.5)
@@ -279,6 +293,8 @@ class Worker:
         while True:
             await self._completed_ready.wait()
             self._completed_ready.clear()
+            if self._closing.is_set():
+                return  # stop() flushes what is left
             try:
                 await self._flush_completions()
             except Exception:
@@ -306,8 +322,8 @@ class Worker:
 
     async def _heartbeat_loop(self) -> None:
         interval = self._config.lease_seconds / 3
-        while True:
-            await asyncio.sleep(interval)
+        # Runs until the last job is done: leases must not lapse during a graceful drain.
+        while not await self._pause(interval, self._closing):
             running = list(self._running)
             if not running:
                 continue
@@ -324,13 +340,13 @@ class Worker:
 
     async def _sweep_loop(self) -> None:
         ticks = 0
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self.sweep(update_gauges=ticks % 5 == 0)
             except Exception:
                 _log.exception("job_sweep_failed")
             ticks += 1
-            await asyncio.sleep(self._config.sweep_interval)
+            await self._pause(self._config.sweep_interval, self._stopping)
 
     async def sweep(self, *, update_gauges: bool = False) -> int:
         """Recover expired leases, fire due cron schedules, re-send due unsent jobs."""
