@@ -36,6 +36,7 @@ test-scaled: install
 
 bench: install
 	$(VENV)/bin/python -m bench
+	$(VENV)/bin/python -m bench.auth
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench
