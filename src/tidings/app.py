@@ -15,6 +15,8 @@ from tidings.http.middleware import BodyGuardMiddleware, RequestContextMiddlewar
 from tidings.http.problems import install_problem_handlers
 from tidings.identity.routes import routers as identity_routers
 from tidings.infra.logging import get_logger
+from tidings.messaging.routes import routers as messaging_routers
+from tidings.onboarding.routes import router as onboarding_router
 from tidings.runtime import Runtime
 from tidings.settings import Profile, Settings, load_settings
 from tidings.system.routes import router as system_router
@@ -68,9 +70,12 @@ def create_app(
     app.state.settings = settings
     install_problem_handlers(app)
     app.include_router(system_router)
+    app.include_router(onboarding_router)
     for router in identity_routers:
         app.include_router(router)
     app.include_router(audit_router)
+    for router in messaging_routers:
+        app.include_router(router)
     for router in routers:
         app.include_router(router)
     # Added last = outermost: request ids wrap everything, including CORS preflights.

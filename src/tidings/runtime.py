@@ -26,6 +26,8 @@ from tidings.infra.redis import redis_client
 from tidings.jobs.registry import JobRegistry, registry
 from tidings.jobs.transport import InProcessTransport, JobTransport, RedisStreamTransport
 from tidings.jobs.worker import Worker, WorkerConfig
+from tidings.messaging.component import Messaging
+from tidings.messaging.consumers import WorkspaceMembershipConsumer
 from tidings.settings import Profile, Settings
 from tidings.system import maintenance
 from tidings.system.cluster import ClusterMembership
@@ -67,7 +69,9 @@ class Runtime:
             lease_seconds=settings.outbox_lease_seconds,
         )
         self.identity = Identity(settings, self.db, self.backplane, self.redis)
+        self.messaging = Messaging(self.db)
         self.dispatcher.add_transactional(AuditConsumer())
+        self.dispatcher.add_transactional(WorkspaceMembershipConsumer(self.messaging.conversations))
         if self.redis is not None:
             self.dispatcher.add_live(
                 RedisEventStream(

@@ -44,6 +44,7 @@ async def test_workspace_actions_are_audited(client: httpx.AsyncClient) -> None:
     )
     expected = [
         "WORKSPACE_CREATED",
+        "MEMBER_JOINED",  # the creator, as owner
         "MEMBER_INVITED",
         "MEMBER_JOINED",
         "MEMBER_ROLE_CHANGED",
@@ -99,10 +100,11 @@ async def test_cursor_pagination_walks_every_entry_once(client: httpx.AsyncClien
             f"/api/v1/workspaces/{workspace}", json={"name": f"Name {index}"}, headers=owner.headers
         )
 
-    async def eight() -> bool:
-        return len((await _audit(client, workspace, owner.headers, limit=50))["items"]) == 8
+    # workspace created, owner joined, seven renames
+    async def nine() -> bool:
+        return len((await _audit(client, workspace, owner.headers, limit=50))["items"]) == 9
 
-    await eventually(eight)
+    await eventually(nine)
     seen: list[str] = []
     cursor = None
     while True:
@@ -114,7 +116,7 @@ async def test_cursor_pagination_walks_every_entry_once(client: httpx.AsyncClien
         cursor = page["next_cursor"]
         if cursor is None:
             break
-    assert len(seen) == len(set(seen)) == 8
+    assert len(seen) == len(set(seen)) == 9
     bad = await client.get(
         f"/api/v1/workspaces/{workspace}/audit",
         params={"cursor": "!!garbage"},

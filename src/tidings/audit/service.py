@@ -11,10 +11,10 @@ from typing import Any
 
 import orjson
 from sqlalchemy import and_, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tidings.audit.models import AuditEntry
+from tidings.db.base import dialect_insert
 from tidings.db.database import Database
 from tidings.events.dispatcher import DispatchedEvent
 from tidings.http.problems import Problem
@@ -32,10 +32,8 @@ class AuditConsumer:
         rows = [_row(event) for event in events if "audit" in event.payload]
         if not rows:
             return
-        dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-        module: Any = postgresql if dialect == "postgresql" else sqlite
         await session.execute(
-            module.insert(AuditEntry)
+            dialect_insert(session)(AuditEntry)
             .values(rows)
             .on_conflict_do_nothing(index_elements=[AuditEntry.event_id])
         )

@@ -15,11 +15,22 @@ from tidings.identity.models import (
     Workspace,
 )
 from tidings.jobs.models import Job, PeriodicSchedule
+from tidings.messaging.models import (
+    Conversation,
+    ConversationMember,
+    Mention,
+    Message,
+    MessageEdit,
+    Reaction,
+    ThreadFollower,
+)
 
 __all__ = [
     "ApiKey",
     "AuditEntry",
     "Base",
+    "Conversation",
+    "ConversationMember",
     "Event",
     "EventStream",
     "ExternalAccount",
@@ -27,10 +38,15 @@ __all__ = [
     "Job",
     "Lease",
     "Membership",
+    "Mention",
+    "Message",
+    "MessageEdit",
     "PeriodicSchedule",
     "ProcessedEvent",
+    "Reaction",
     "RefreshToken",
     "Session",
+    "ThreadFollower",
     "User",
     "Workspace",
 ]

@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import insert
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tidings.db.base import new_id, utcnow
+from tidings.db.base import dialect_insert, new_id, utcnow
 from tidings.db.database import after_commit, hooks_of
 from tidings.events.models import Event, EventStream
 
@@ -91,9 +90,7 @@ async def emit_many(session: AsyncSession, new_events: Sequence[NewEvent]) -> li
 
 
 async def _advance_stream(session: AsyncSession, stream_key: str, count: int) -> int:
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-    module: Any = postgresql if dialect == "postgresql" else sqlite
-    statement = module.insert(EventStream).values(stream_key=stream_key, last_seq=count)
+    statement = dialect_insert(session)(EventStream).values(stream_key=stream_key, last_seq=count)
     statement = statement.on_conflict_do_update(
         index_elements=[EventStream.stream_key],
         set_={"last_seq": EventStream.last_seq + count},

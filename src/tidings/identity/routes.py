@@ -198,7 +198,7 @@ async def revoke_session(
 # -- workspaces ----------------------------------------------------------------------------
 
 
-def _workspace(workspace: Workspace, access: Access | None = None) -> WorkspaceOut:
+def workspace_out(workspace: Workspace, access: Access | None = None) -> WorkspaceOut:
     return WorkspaceOut(
         id=workspace.id,
         name=workspace.name,
@@ -207,18 +207,11 @@ def _workspace(workspace: Workspace, access: Access | None = None) -> WorkspaceO
     )
 
 
-@workspaces.post("", status_code=status.HTTP_201_CREATED, summary="Create a workspace")
-async def create_workspace(
-    body: WorkspaceIn, user: UserDep, identity: IdentityDep, client: ClientDep
-) -> WorkspaceOut:
-    workspace = await identity.workspaces.create(user, body.name, client)
-    return _workspace(workspace, Access(workspace, role=Role.OWNER))
-
-
 @workspaces.get("", summary="Workspaces the caller belongs to")
 async def list_workspaces(principal: PrincipalDep, identity: IdentityDep) -> list[WorkspaceOut]:
     return [
-        _workspace(w, Access(w, role)) for w, role in await identity.workspaces.list_for(principal)
+        workspace_out(w, Access(w, role))
+        for w, role in await identity.workspaces.list_for(principal)
     ]
 
 
@@ -226,7 +219,7 @@ async def list_workspaces(principal: PrincipalDep, identity: IdentityDep) -> lis
 async def get_workspace(
     access: Annotated[Access, Depends(workspace_access(Action.WORKSPACE_READ))],
 ) -> WorkspaceOut:
-    return _workspace(access.workspace, access)
+    return workspace_out(access.workspace, access)
 
 
 @workspaces.patch("/{workspace_id}", summary="Rename a workspace")
@@ -238,7 +231,7 @@ async def rename_workspace(
     client: ClientDep,
 ) -> WorkspaceOut:
     workspace = await identity.workspaces.rename(principal, access, body.name, client)
-    return _workspace(workspace, access)
+    return workspace_out(workspace, access)
 
 
 @workspaces.delete(
@@ -370,7 +363,7 @@ async def accept_invitation(
     body: AcceptInvitationIn, user: UserDep, identity: IdentityDep, client: ClientDep
 ) -> WorkspaceOut:
     workspace = await identity.workspaces.accept(user, body.token, client)
-    return _workspace(workspace)
+    return workspace_out(workspace)
 
 
 # -- API keys ------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tidings.db.base import utcnow
@@ -106,14 +106,14 @@ class Workspaces:
 
     # -- workspaces -------------------------------------------------------------------------
 
-    async def create(self, user: UserPrincipal, name: str, client: ClientInfo) -> Workspace:
+    # Creating a workspace is a saga (see `tidings.onboarding`): these are identity's steps.
+
+    async def create_record(self, user: UserPrincipal, name: str, client: ClientInfo) -> Workspace:
+        """The workspace row alone; `add_owner` makes it usable."""
         async with self._db.transaction() as session:
             workspace = Workspace(name=_clean_name(name), created_by=user.user_id)
             session.add(workspace)
             await session.flush()
-            session.add(
-                Membership(workspace_id=workspace.id, user_id=user.user_id, role=Role.OWNER.value)
-            )
             await audit.record(
                 session,
                 "workspace.created",
@@ -127,6 +127,54 @@ class Workspaces:
                 details={"name": workspace.name},
             )
         return workspace
+
+    async def add_owner(
+        self, workspace_id: uuid.UUID, user: UserPrincipal, client: ClientInfo
+    ) -> None:
+        async with self._db.transaction() as session:
+            session.add(
+                Membership(workspace_id=workspace_id, user_id=user.user_id, role=Role.OWNER.value)
+            )
+            await audit.record(
+                session,
+                "member.joined",
+                AuditAction.MEMBER_JOINED,
+                actor_type="user",
+                actor_id=str(user.user_id),
+                workspace_id=workspace_id,
+                target_type="user",
+                target_id=str(user.user_id),
+                ip=client.ip,
+                details={"role": Role.OWNER.value},
+            )
+
+    async def remove_owner(self, workspace_id: uuid.UUID, user: UserPrincipal) -> None:
+        """Compensation of `add_owner` for a workspace whose creation failed."""
+        async with self._db.transaction() as session:
+            await session.execute(
+                delete(Membership).where(
+                    Membership.workspace_id == workspace_id, Membership.user_id == user.user_id
+                )
+            )
+
+    async def discard(
+        self, workspace_id: uuid.UUID, user: UserPrincipal, client: ClientInfo
+    ) -> None:
+        """Compensation of `create_record`: the workspace never became usable, so it goes."""
+        async with self._db.transaction() as session:
+            await session.execute(delete(Workspace).where(Workspace.id == workspace_id))
+            await audit.record(
+                session,
+                "workspace.deleted",
+                AuditAction.WORKSPACE_DELETED,
+                actor_type="user",
+                actor_id=str(user.user_id),
+                workspace_id=workspace_id,
+                target_type="workspace",
+                target_id=str(workspace_id),
+                ip=client.ip,
+                details={"reason": "creation_failed"},
+            )
 
     async def list_for(self, principal: Principal) -> list[tuple[Workspace, Role | None]]:
         async with self._db.read() as session:

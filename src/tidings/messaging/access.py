@@ -1,0 +1,177 @@
+"""Who may do what in a conversation.
+
+One query resolves the conversation, the caller's workspace role and conversation membership;
+`check` then answers from those facts alone. A caller who may not read a conversation gets 404
+(its existence is not revealed); one who may read but not do this gets 403.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from enum import StrEnum
+
+from sqlalchemy import and_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tidings.http.problems import Forbidden, NotFound
+from tidings.identity.models import ApiKey, Membership, Role, User, Workspace
+from tidings.identity.policy import ApiKeyPrincipal, Principal, Scope, UserPrincipal
+from tidings.messaging.models import Conversation, ConversationKind, ConversationMember
+
+
+class ConversationAction(StrEnum):
+    READ = "conversation.read"
+    POST = "conversation.post"
+    JOIN = "conversation.join"
+    SET_TOPIC = "conversation.set_topic"
+    MANAGE = "conversation.manage"  # rename, archive, unarchive
+    ADD_MEMBERS = "conversation.add_members"
+    REMOVE_MEMBERS = "conversation.remove_members"
+    MODERATE = "conversation.moderate"  # delete others' messages
+
+
+_WORKSPACE_MANAGERS = frozenset({Role.OWNER, Role.ADMIN})
+_SUPPORT_STAFF = frozenset({Role.OWNER, Role.ADMIN, Role.AGENT})
+_API_KEY_SCOPES: dict[ConversationAction, frozenset[str]] = {
+    ConversationAction.READ: frozenset(
+        {Scope.MESSAGES_READ, Scope.MESSAGES_SEND, Scope.CONVERSATIONS_WRITE, Scope.ADMIN}
+    ),
+    ConversationAction.POST: frozenset({Scope.MESSAGES_SEND, Scope.ADMIN}),
+    ConversationAction.JOIN: frozenset(),
+    ConversationAction.SET_TOPIC: frozenset({Scope.CONVERSATIONS_WRITE, Scope.ADMIN}),
+    ConversationAction.MANAGE: frozenset({Scope.CONVERSATIONS_WRITE, Scope.ADMIN}),
+    ConversationAction.ADD_MEMBERS: frozenset({Scope.CONVERSATIONS_WRITE, Scope.ADMIN}),
+    ConversationAction.REMOVE_MEMBERS: frozenset({Scope.CONVERSATIONS_WRITE, Scope.ADMIN}),
+    ConversationAction.MODERATE: frozenset({Scope.ADMIN}),
+}
+
+
+@dataclass(frozen=True)
+class ConversationAccess:
+    conversation: Conversation
+    workspace_role: Role | None  # None for API keys
+    member: ConversationMember | None
+    # The caller's name as a sender: a user's display name, an API key's name.
+    caller_name: str
+
+    @property
+    def is_member(self) -> bool:
+        return self.member is not None
+
+    @property
+    def is_workspace_manager(self) -> bool:
+        return self.workspace_role in _WORKSPACE_MANAGERS
+
+
+def may_read(kind: ConversationKind, role: Role | None, is_member: bool) -> bool:
+    """Whether a workspace member with `role` may read a conversation of `kind`."""
+    if role is None:
+        return False
+    if is_member:
+        return True
+    if kind is ConversationKind.PUBLIC:
+        return role is not Role.GUEST
+    if kind is ConversationKind.SUPPORT:
+        return role in _SUPPORT_STAFF
+    return False
+
+
+def _user_may(action: ConversationAction, access: ConversationAccess, user_id: uuid.UUID) -> bool:
+    conversation = access.conversation
+    kind = ConversationKind(conversation.kind)
+    staff = kind is ConversationKind.SUPPORT and access.workspace_role in _SUPPORT_STAFF
+    owns = conversation.created_by == user_id or access.is_workspace_manager
+    match action:
+        case ConversationAction.READ:
+            return True
+        case ConversationAction.POST | ConversationAction.SET_TOPIC:
+            return access.is_member or staff
+        case ConversationAction.JOIN:
+            return kind is ConversationKind.PUBLIC or staff
+        case ConversationAction.MANAGE:
+            return kind not in {ConversationKind.DIRECT, ConversationKind.GROUP} and (
+                owns or (staff and access.is_member)
+            )
+        case ConversationAction.ADD_MEMBERS:
+            return access.is_member or staff or access.is_workspace_manager
+        case ConversationAction.REMOVE_MEMBERS | ConversationAction.MODERATE:
+            return owns or staff
+
+
+def check(principal: Principal, access: ConversationAccess, action: ConversationAction) -> None:
+    """Raise 404 if `principal` may not read the conversation, 403 if it may not do `action`."""
+    conversation = access.conversation
+    if isinstance(principal, ApiKeyPrincipal):
+        if principal.workspace_id != conversation.workspace_id:
+            raise conversation_not_found()
+        if not principal.scopes & _API_KEY_SCOPES[action]:
+            if not principal.scopes & _API_KEY_SCOPES[ConversationAction.READ]:
+                raise conversation_not_found()
+            raise Forbidden(f"The API key's scopes do not allow {action.value}.")
+        return
+    kind = ConversationKind(conversation.kind)
+    if not may_read(kind, access.workspace_role, access.is_member):
+        raise conversation_not_found()
+    if not _user_may(action, access, principal.user_id):
+        code = "not_a_member" if action is ConversationAction.POST else "forbidden"
+        raise Forbidden(f"You may not do {action.value} in this conversation.", code=code)
+
+
+def conversation_not_found() -> NotFound:
+    return NotFound("No such conversation.", code="conversation_not_found")
+
+
+async def load_access(
+    session: AsyncSession, principal: Principal, conversation_id: uuid.UUID
+) -> ConversationAccess:
+    """The conversation with the caller's relation to it; 404 if it does not exist."""
+    if isinstance(principal, UserPrincipal):
+        row = (
+            await session.execute(
+                select(Conversation, Membership.role, ConversationMember, User.display_name)
+                .join(Workspace, Workspace.id == Conversation.workspace_id)
+                .outerjoin(User, User.id == principal.user_id)
+                .outerjoin(
+                    Membership,
+                    and_(
+                        Membership.workspace_id == Conversation.workspace_id,
+                        Membership.user_id == principal.user_id,
+                    ),
+                )
+                .outerjoin(
+                    ConversationMember,
+                    and_(
+                        ConversationMember.conversation_id == Conversation.id,
+                        ConversationMember.user_id == principal.user_id,
+                    ),
+                )
+                .where(Conversation.id == conversation_id, Workspace.deleted_at.is_(None))
+            )
+        ).first()
+        if row is None:
+            raise conversation_not_found()
+        conversation, role, member, name = row
+        return ConversationAccess(conversation, Role(role) if role else None, member, name or "")
+    key_row = (
+        await session.execute(
+            select(Conversation, ApiKey.name)
+            .join(Workspace, Workspace.id == Conversation.workspace_id)
+            .join(ApiKey, ApiKey.id == principal.key_id)
+            .where(Conversation.id == conversation_id, Workspace.deleted_at.is_(None))
+        )
+    ).first()
+    if key_row is None:
+        raise conversation_not_found()
+    return ConversationAccess(key_row[0], None, None, key_row[1])
+
+
+async def authorize(
+    session: AsyncSession,
+    principal: Principal,
+    conversation_id: uuid.UUID,
+    action: ConversationAction,
+) -> ConversationAccess:
+    access = await load_access(session, principal, conversation_id)
+    check(principal, access, action)
+    return access

@@ -1,0 +1,664 @@
+"""Messages: send (idempotent, sequenced), edit, delete, react, pin, threads and history."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tidings.db.base import dialect_insert, new_id, utcnow
+from tidings.db.database import Database
+from tidings.events.service import emit
+from tidings.http.problems import Conflict, Forbidden, NotFound, Problem
+from tidings.identity.policy import ApiKeyPrincipal, Principal, UserPrincipal
+from tidings.messaging import events
+from tidings.messaging.access import (
+    ConversationAccess,
+    ConversationAction,
+    authorize,
+    check,
+)
+from tidings.messaging.mentions import Mentions, parse_mentions
+from tidings.messaging.models import (
+    Conversation,
+    ConversationMember,
+    Mention,
+    Message,
+    MessageEdit,
+    Reaction,
+    SenderKind,
+    ThreadFollower,
+)
+from tidings.messaging.schemas import (
+    MAX_BODY_CHARS,
+    MessageEditOut,
+    MessageOut,
+    MessagePage,
+    ReactionOut,
+    ThreadOut,
+)
+
+MAX_PAGE = 200
+MAX_EMOJI_CHARS = 64
+
+
+@dataclass(frozen=True)
+class Draft:
+    body: str
+    client_id: str | None = None
+    thread_root_id: uuid.UUID | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        material = f"{self.thread_root_id or ''}\x00{self.body}"
+        return hashlib.sha256(material.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Sender:
+    kind: SenderKind
+    id: uuid.UUID | None
+    name: str
+
+
+SYSTEM_SENDER_NAME = "Tidings"
+
+
+@dataclass(frozen=True)
+class Sent:
+    message: MessageOut
+    created: bool  # False when a retried send (same client_id) found its message
+
+
+class _Replay(Exception):  # noqa: N818 - control flow: roll back and answer with the original
+    def __init__(self, message: Message) -> None:
+        self.message = message
+
+
+def message_not_found() -> NotFound:
+    return NotFound("No such message.", code="message_not_found")
+
+
+def _check_body(body: str) -> str:
+    if not body.strip():
+        raise Problem("A message needs some text.", code="empty_message")
+    if len(body) > MAX_BODY_CHARS:
+        raise Problem(f"A message is at most {MAX_BODY_CHARS} characters.", code="message_too_long")
+    return body
+
+
+def _check_emoji(emoji: str) -> str:
+    if not 1 <= len(emoji) <= MAX_EMOJI_CHARS or any(c.isspace() for c in emoji):
+        raise Problem("An emoji is 1 to 64 characters without spaces.", code="invalid_emoji")
+    return emoji
+
+
+def _sender(principal: Principal) -> tuple[SenderKind, uuid.UUID]:
+    if isinstance(principal, ApiKeyPrincipal):
+        return SenderKind.APP, principal.key_id
+    return SenderKind.USER, principal.user_id
+
+
+class Messages:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    # -- send ------------------------------------------------------------------------------
+
+    async def send(self, principal: Principal, conversation_id: uuid.UUID, draft: Draft) -> Sent:
+        _check_body(draft.body)
+        try:
+            async with self._db.transaction() as session:
+                access = await authorize(
+                    session, principal, conversation_id, ConversationAction.POST
+                )
+                kind, sender_id = _sender(principal)
+                message = await self._write(
+                    session, access, draft, Sender(kind, sender_id, access.caller_name)
+                )
+        except _Replay as replay:
+            if replay.message.fingerprint != draft.fingerprint:
+                raise Conflict(
+                    "This client_id was used for a different message.", code="client_id_reused"
+                ) from None
+            async with self._db.read() as session:
+                reactions = await self._reactions(session, [replay.message.id])
+            return Sent(events.message_out(replay.message, reactions.get(replay.message.id)), False)
+        return Sent(events.message_out(message), True)
+
+    async def post_system(self, conversation_id: uuid.UUID, body: str) -> MessageOut:
+        """A message from Tidings itself (welcome messages, notices)."""
+        async with self._db.transaction() as session:
+            conversation = await session.get(Conversation, conversation_id)
+            if conversation is None:
+                raise message_not_found()
+            access = ConversationAccess(conversation, None, None, SYSTEM_SENDER_NAME)
+            sender = Sender(SenderKind.SYSTEM, None, SYSTEM_SENDER_NAME)
+            return events.message_out(await self._write(session, access, Draft(body), sender))
+
+    async def _write(
+        self,
+        session: AsyncSession,
+        access: ConversationAccess,
+        draft: Draft,
+        sender: Sender,
+    ) -> Message:
+        """Write one message and its event in the caller's transaction."""
+        conversation = access.conversation
+        if conversation.archived_at is not None:
+            raise Conflict("The conversation is archived.", code="conversation_archived")
+        sender_kind, sender_id = sender.kind, sender.id
+        now = utcnow()
+        # The row lock on the conversation orders its senders: sequences are gap-free and
+        # commit in order (G2). Taken before the client_id check so duplicates serialise too.
+        seq: int = (
+            await session.execute(
+                update(Conversation)
+                .where(Conversation.id == conversation.id)
+                .values(last_seq=Conversation.last_seq + 1, last_message_at=now)
+                .returning(Conversation.last_seq)
+            )
+        ).scalar_one()
+        if draft.client_id is not None:
+            existing = await session.scalar(
+                select(Message).where(
+                    Message.conversation_id == conversation.id,
+                    Message.sender_id == sender_id,
+                    Message.client_id == draft.client_id,
+                )
+            )
+            if existing is not None:
+                raise _Replay(existing)
+        root = await self._thread_root(session, conversation.id, draft.thread_root_id, now)
+        mentions = parse_mentions(draft.body)
+        message = Message(
+            id=new_id(),
+            conversation_id=conversation.id,
+            workspace_id=conversation.workspace_id,
+            seq=seq,
+            sender_kind=sender_kind.value,
+            sender_id=sender_id,
+            sender_name=sender.name,
+            body=draft.body,
+            client_id=draft.client_id,
+            fingerprint=draft.fingerprint if draft.client_id else None,
+            mentions=mentions.as_dict(),
+            thread_root_id=root.id if root else None,
+            reply_count=0,
+            created_at=now,
+        )
+        session.add(message)
+        await session.flush()
+        await self._record_mentions(session, message, mentions)
+        if sender_kind is SenderKind.USER and access.is_member and root is None:
+            await session.execute(
+                update(ConversationMember)
+                .where(
+                    ConversationMember.conversation_id == conversation.id,
+                    ConversationMember.user_id == sender_id,
+                    ConversationMember.last_read_seq < seq,
+                )
+                .values(last_read_seq=seq)
+            )
+        payload: dict[str, Any] = {"message": events.as_payload(events.message_out(message))}
+        if root is not None:
+            if sender_kind is SenderKind.USER:
+                assert sender_id is not None  # noqa: S101 - users have ids
+                await self._follow(session, root.id, sender_id, participant=True)
+            if root.sender_kind == SenderKind.USER.value and root.sender_id is not None:
+                await self._follow(
+                    session, root.id, root.sender_id, participant=True, only_new=True
+                )
+            payload["thread"] = {
+                "root_id": str(root.id),
+                "reply_count": root.reply_count,
+                "last_reply_at": now.isoformat(),
+            }
+        await emit(
+            session,
+            events.MESSAGE_CREATED,
+            stream_key=events.conversation_stream(conversation.id),
+            workspace_id=conversation.workspace_id,
+            payload=payload,
+        )
+        return message
+
+    async def _thread_root(
+        self,
+        session: AsyncSession,
+        conversation_id: uuid.UUID,
+        root_id: uuid.UUID | None,
+        now: Any,
+    ) -> Message | None:
+        if root_id is None:
+            return None
+        root = await session.get(Message, root_id)
+        if root is None or root.conversation_id != conversation_id or root.deleted_at is not None:
+            raise NotFound("No such thread in this conversation.", code="thread_not_found")
+        if root.thread_root_id is not None:
+            raise Problem("Reply to the thread's first message.", code="nested_thread")
+        root.reply_count += 1
+        root.last_reply_at = now
+        return root
+
+    async def _record_mentions(
+        self, session: AsyncSession, message: Message, mentions: Mentions
+    ) -> None:
+        if not mentions.users and not mentions.broadcast:
+            return
+        query = select(ConversationMember.user_id).where(
+            ConversationMember.conversation_id == message.conversation_id
+        )
+        if not mentions.broadcast:
+            query = query.where(ConversationMember.user_id.in_(mentions.users))
+        targets = set(await session.scalars(query)) - {message.sender_id}
+        if targets:
+            await session.execute(
+                insert(Mention),
+                [
+                    {
+                        "message_id": message.id,
+                        "user_id": user_id,
+                        "conversation_id": message.conversation_id,
+                        "seq": message.seq,
+                    }
+                    for user_id in targets
+                ],
+            )
+
+    async def _follow(
+        self,
+        session: AsyncSession,
+        root_id: uuid.UUID,
+        user_id: uuid.UUID,
+        *,
+        participant: bool = False,
+        following: bool = True,
+        only_new: bool = False,
+    ) -> None:
+        statement = dialect_insert(session)(ThreadFollower).values(
+            root_id=root_id, user_id=user_id, following=following, participant=participant
+        )
+        if only_new:
+            statement = statement.on_conflict_do_nothing()
+        else:
+            values: dict[str, Any] = {"following": following}
+            if participant:
+                values["participant"] = True
+            statement = statement.on_conflict_do_update(
+                index_elements=[ThreadFollower.root_id, ThreadFollower.user_id], set_=values
+            )
+        await session.execute(statement)
+
+    # -- change ----------------------------------------------------------------------------
+
+    async def _load(
+        self,
+        session: AsyncSession,
+        principal: Principal,
+        conversation_id: uuid.UUID,
+        message_id: uuid.UUID,
+        action: ConversationAction,
+    ) -> tuple[ConversationAccess, Message]:
+        access = await authorize(session, principal, conversation_id, ConversationAction.READ)
+        message = await session.get(Message, message_id)
+        if message is None or message.conversation_id != conversation_id:
+            raise message_not_found()
+        if action is not ConversationAction.READ:
+            check(principal, access, action)
+        return access, message
+
+    @staticmethod
+    def _writable(access: ConversationAccess, message: Message) -> None:
+        if access.conversation.archived_at is not None:
+            raise Conflict("The conversation is archived.", code="conversation_archived")
+        if message.deleted_at is not None:
+            raise Conflict("The message was deleted.", code="message_deleted")
+
+    async def edit(
+        self,
+        principal: Principal,
+        conversation_id: uuid.UUID,
+        message_id: uuid.UUID,
+        body: str,
+    ) -> MessageOut:
+        _check_body(body)
+        async with self._db.transaction() as session:
+            access, message = await self._load(
+                session, principal, conversation_id, message_id, ConversationAction.READ
+            )
+            if _sender(principal) != (SenderKind(message.sender_kind), message.sender_id):
+                raise Forbidden("Only its sender can edit a message.", code="not_the_sender")
+            self._writable(access, message)
+            if body == message.body:
+                return await self._out(session, message)
+            session.add(
+                MessageEdit(
+                    message_id=message.id,
+                    previous_body=message.body,
+                    edited_by=_sender(principal)[1],
+                )
+            )
+            mentions = parse_mentions(body)
+            message.body, message.edited_at = body, utcnow()
+            message.mentions = mentions.as_dict()
+            await session.execute(delete(Mention).where(Mention.message_id == message.id))
+            await session.flush()
+            await self._record_mentions(session, message, mentions)
+            out = await self._out(session, message)
+            await emit(
+                session,
+                events.MESSAGE_EDITED,
+                stream_key=events.conversation_stream(conversation_id),
+                workspace_id=message.workspace_id,
+                payload={"message": events.as_payload(out)},
+            )
+            return out
+
+    async def delete(
+        self, principal: Principal, conversation_id: uuid.UUID, message_id: uuid.UUID
+    ) -> None:
+        async with self._db.transaction() as session:
+            access, message = await self._load(
+                session, principal, conversation_id, message_id, ConversationAction.READ
+            )
+            if _sender(principal) != (SenderKind(message.sender_kind), message.sender_id):
+                check(principal, access, ConversationAction.MODERATE)
+            if message.deleted_at is not None:
+                return
+            # The tombstone keeps its place (sequence, thread) but none of its content.
+            message.deleted_at = utcnow()
+            message.body = ""
+            message.mentions = {}
+            message.pinned_at = message.pinned_by = None
+            for table in (Reaction, Mention, MessageEdit):
+                await session.execute(delete(table).where(table.message_id == message.id))
+            await session.flush()
+            await emit(
+                session,
+                events.MESSAGE_DELETED,
+                stream_key=events.conversation_stream(conversation_id),
+                workspace_id=message.workspace_id,
+                payload={"message": events.as_payload(events.message_out(message))},
+            )
+
+    async def react(
+        self,
+        principal: UserPrincipal,
+        conversation_id: uuid.UUID,
+        message_id: uuid.UUID,
+        emoji: str,
+        *,
+        add: bool,
+    ) -> list[ReactionOut]:
+        _check_emoji(emoji)
+        async with self._db.transaction() as session:
+            access, message = await self._load(
+                session, principal, conversation_id, message_id, ConversationAction.POST
+            )
+            self._writable(access, message)
+            if add:
+                result = await session.execute(
+                    dialect_insert(session)(Reaction)
+                    .values(message_id=message_id, user_id=principal.user_id, emoji=emoji)
+                    .on_conflict_do_nothing()
+                )
+            else:
+                result = await session.execute(
+                    delete(Reaction).where(
+                        Reaction.message_id == message_id,
+                        Reaction.user_id == principal.user_id,
+                        Reaction.emoji == emoji,
+                    )
+                )
+            reactions = (await self._reactions(session, [message_id])).get(message_id, [])
+            if result.rowcount:  # type: ignore[attr-defined]
+                await emit(
+                    session,
+                    events.REACTION_ADDED if add else events.REACTION_REMOVED,
+                    stream_key=events.conversation_stream(conversation_id),
+                    workspace_id=message.workspace_id,
+                    payload={
+                        "message_id": str(message_id),
+                        "emoji": emoji,
+                        "user_id": str(principal.user_id),
+                        "reactions": [r.model_dump(mode="json") for r in reactions],
+                    },
+                )
+            return reactions
+
+    async def set_pinned(
+        self,
+        principal: Principal,
+        conversation_id: uuid.UUID,
+        message_id: uuid.UUID,
+        pinned: bool,
+    ) -> MessageOut:
+        async with self._db.transaction() as session:
+            access, message = await self._load(
+                session, principal, conversation_id, message_id, ConversationAction.POST
+            )
+            self._writable(access, message)
+            if (message.pinned_at is not None) != pinned:
+                message.pinned_at = utcnow() if pinned else None
+                message.pinned_by = _sender(principal)[1] if pinned else None
+                await session.flush()
+                out = await self._out(session, message)
+                await emit(
+                    session,
+                    events.MESSAGE_PINNED if pinned else events.MESSAGE_UNPINNED,
+                    stream_key=events.conversation_stream(conversation_id),
+                    workspace_id=message.workspace_id,
+                    payload={"message": events.as_payload(out), "by": principal.actor_id},
+                )
+                return out
+            return await self._out(session, message)
+
+    async def set_following(
+        self,
+        user: UserPrincipal,
+        conversation_id: uuid.UUID,
+        root_id: uuid.UUID,
+        following: bool,
+    ) -> None:
+        async with self._db.transaction() as session:
+            _, root = await self._load(
+                session, user, conversation_id, root_id, ConversationAction.READ
+            )
+            if root.thread_root_id is not None:
+                raise Problem("Follow the thread's first message.", code="nested_thread")
+            await self._follow(session, root_id, user.user_id, following=following)
+            await emit(
+                session,
+                events.THREAD_FOLLOW_UPDATED,
+                stream_key=events.user_stream(user.user_id),
+                workspace_id=root.workspace_id,
+                payload={
+                    "conversation_id": str(conversation_id),
+                    "root_id": str(root_id),
+                    "following": following,
+                },
+            )
+
+    # -- read ------------------------------------------------------------------------------
+
+    async def get(
+        self, principal: Principal, conversation_id: uuid.UUID, message_id: uuid.UUID
+    ) -> MessageOut:
+        async with self._db.read() as session:
+            _, message = await self._load(
+                session, principal, conversation_id, message_id, ConversationAction.READ
+            )
+            return await self._out(session, message)
+
+    async def edits(
+        self, principal: Principal, conversation_id: uuid.UUID, message_id: uuid.UUID
+    ) -> list[MessageEditOut]:
+        async with self._db.read() as session:
+            await self._load(
+                session, principal, conversation_id, message_id, ConversationAction.READ
+            )
+            rows = await session.scalars(
+                select(MessageEdit)
+                .where(MessageEdit.message_id == message_id)
+                .order_by(MessageEdit.edited_at)
+            )
+            return [
+                MessageEditOut(
+                    previous_body=e.previous_body, edited_by=e.edited_by, edited_at=e.edited_at
+                )
+                for e in rows
+            ]
+
+    async def history(
+        self,
+        principal: Principal,
+        conversation_id: uuid.UUID,
+        *,
+        before: int | None = None,
+        after: int | None = None,
+        around: int | None = None,
+        limit: int = 50,
+    ) -> MessagePage:
+        """Top-level messages by sequence: the latest, or before/after/around a position."""
+        if sum(x is not None for x in (before, after, around)) > 1:
+            raise Problem("Give at most one of before, after, around.", code="invalid_cursor")
+        limit = max(1, min(limit, MAX_PAGE))
+        async with self._db.read() as session:
+            await authorize(session, principal, conversation_id, ConversationAction.READ)
+            top = select(Message).where(
+                Message.conversation_id == conversation_id, Message.thread_root_id.is_(None)
+            )
+            older: list[Message] = []
+            newer: list[Message] = []
+            more_before = more_after = False
+            if after is not None:
+                newer = list(
+                    await session.scalars(
+                        top.where(Message.seq > after).order_by(Message.seq).limit(limit + 1)
+                    )
+                )
+                more_after = len(newer) > limit
+                newer = newer[:limit]
+                more_before = bool(
+                    await session.scalar(select(top.where(Message.seq <= after).exists()))
+                )
+            else:
+                pivot = around if around is not None else before
+                older_limit = limit // 2 if around is not None else limit
+                query = top.order_by(Message.seq.desc()).limit(older_limit + 1)
+                if pivot is not None:
+                    query = query.where(Message.seq < pivot)
+                older = list(await session.scalars(query))
+                more_before = len(older) > older_limit
+                older = older[:older_limit][::-1]
+                if around is not None:
+                    newer_limit = limit - older_limit
+                    newer = list(
+                        await session.scalars(
+                            top.where(Message.seq >= around)
+                            .order_by(Message.seq)
+                            .limit(newer_limit + 1)
+                        )
+                    )
+                    more_after = len(newer) > newer_limit
+                    newer = newer[:newer_limit]
+                elif before is not None:
+                    more_after = bool(
+                        await session.scalar(select(top.where(Message.seq >= before).exists()))
+                    )
+            page = older + newer
+            outs = await self._outs(session, page)
+            return MessagePage(
+                messages=outs, has_more_before=more_before, has_more_after=more_after
+            )
+
+    async def thread(
+        self,
+        principal: Principal,
+        conversation_id: uuid.UUID,
+        root_id: uuid.UUID,
+        *,
+        after: int | None = None,
+        limit: int = 100,
+    ) -> ThreadOut:
+        limit = max(1, min(limit, MAX_PAGE))
+        async with self._db.read() as session:
+            _, root = await self._load(
+                session, principal, conversation_id, root_id, ConversationAction.READ
+            )
+            if root.thread_root_id is not None:
+                raise Problem(
+                    "That message is a reply; open its thread's root.", code="nested_thread"
+                )
+            query = select(Message).where(Message.thread_root_id == root_id)
+            if after is not None:
+                query = query.where(Message.seq > after)
+            replies = list(await session.scalars(query.order_by(Message.seq).limit(limit + 1)))
+            followers = (
+                await session.execute(
+                    select(
+                        ThreadFollower.user_id, ThreadFollower.following, ThreadFollower.participant
+                    ).where(ThreadFollower.root_id == root_id)
+                )
+            ).all()
+            me = principal.user_id if isinstance(principal, UserPrincipal) else None
+            outs = await self._outs(session, [root, *replies[:limit]])
+            return ThreadOut(
+                root=outs[0],
+                replies=outs[1:],
+                has_more=len(replies) > limit,
+                participant_ids=sorted(u for u, _, participant in followers if participant),
+                following=any(u == me and following for u, following, _ in followers),
+            )
+
+    async def pins(self, principal: Principal, conversation_id: uuid.UUID) -> list[MessageOut]:
+        async with self._db.read() as session:
+            await authorize(session, principal, conversation_id, ConversationAction.READ)
+            pinned = list(
+                await session.scalars(
+                    select(Message)
+                    .where(
+                        Message.conversation_id == conversation_id, Message.pinned_at.is_not(None)
+                    )
+                    .order_by(Message.pinned_at.desc())
+                )
+            )
+            return await self._outs(session, pinned)
+
+    async def _out(self, session: AsyncSession, message: Message) -> MessageOut:
+        return (await self._outs(session, [message]))[0]
+
+    async def _outs(self, session: AsyncSession, messages: Sequence[Message]) -> list[MessageOut]:
+        reactions = await self._reactions(session, [m.id for m in messages])
+        return [events.message_out(m, reactions.get(m.id)) for m in messages]
+
+    async def _reactions(
+        self, session: AsyncSession, message_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, list[ReactionOut]]:
+        if not message_ids:
+            return {}
+        rows = await session.execute(
+            select(Reaction.message_id, Reaction.emoji, Reaction.user_id)
+            .where(Reaction.message_id.in_(message_ids))
+            .order_by(Reaction.created_at, Reaction.emoji)
+        )
+        grouped: dict[uuid.UUID, dict[str, list[uuid.UUID]]] = defaultdict(dict)
+        for message_id, emoji, user_id in rows.all():
+            grouped[message_id].setdefault(emoji, []).append(user_id)
+        return {
+            message_id: [
+                ReactionOut(emoji=emoji, count=len(users), user_ids=users)
+                for emoji, users in by_emoji.items()
+            ]
+            for message_id, by_emoji in grouped.items()
+        }
+
+
+__all__ = ["Draft", "Messages", "Sent"]
