@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from starlette.middleware.cors import CORSMiddleware
@@ -17,6 +18,8 @@ from tidings.identity.routes import routers as identity_routers
 from tidings.infra.logging import get_logger
 from tidings.messaging.routes import routers as messaging_routers
 from tidings.onboarding.routes import router as onboarding_router
+from tidings.realtime.routes import presence_router
+from tidings.realtime.routes import router as realtime_router
 from tidings.runtime import Runtime
 from tidings.settings import Profile, Settings, load_settings
 from tidings.system.routes import router as system_router
@@ -52,11 +55,12 @@ def create_app(
     runtime = Runtime(settings, role="serve")
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         await prepare_database(settings)
         await runtime.start()
         try:
-            yield
+            # Lifespan state: uvicorn hands it to the WebSocket protocol (`realtime`).
+            yield {"realtime": runtime.realtime}
         finally:
             await runtime.stop()
 
@@ -76,6 +80,8 @@ def create_app(
     app.include_router(audit_router)
     for router in messaging_routers:
         app.include_router(router)
+    app.include_router(realtime_router)
+    app.include_router(presence_router)
     for router in routers:
         app.include_router(router)
     # Added last = outermost: request ids wrap everything, including CORS preflights.

@@ -49,9 +49,14 @@ def serve(
     """Serve HTTP and WebSocket; embedded, also run the job worker in this process."""
     settings = _settings()
     from tidings.app import create_app
+    from tidings.realtime.connection import WebSocketConnection
 
     config = uvicorn.Config(
         create_app(settings),
+        # Upgrade requests go to the gateway's own protocol, not through ASGI (see
+        # tidings/realtime/connection.py); plain HTTP is parsed by httptools.
+        http="httptools",
+        ws=WebSocketConnection,
         host=host or settings.host,
         port=port or settings.port,
         log_config=None,

@@ -28,6 +28,7 @@ from tidings.jobs.transport import InProcessTransport, JobTransport, RedisStream
 from tidings.jobs.worker import Worker, WorkerConfig
 from tidings.messaging.component import Messaging
 from tidings.messaging.consumers import WorkspaceMembershipConsumer
+from tidings.realtime.gateway import Gateway, RealtimePublisher
 from tidings.settings import Profile, Settings
 from tidings.system import maintenance
 from tidings.system.cluster import ClusterMembership
@@ -70,6 +71,8 @@ class Runtime:
         )
         self.identity = Identity(settings, self.db, self.backplane, self.redis)
         self.messaging = Messaging(self.db)
+        # First: the realtime hop is the one people wait for.
+        self.dispatcher.add_live(RealtimePublisher(self.backplane))
         self.dispatcher.add_transactional(AuditConsumer())
         self.dispatcher.add_transactional(WorkspaceMembershipConsumer(self.messaging.conversations))
         if self.redis is not None:
@@ -108,6 +111,18 @@ class Runtime:
             role=role,
             interval=settings.node_heartbeat_seconds,
         )
+        self.realtime: Gateway | None = None
+        if role == "serve":
+            self.realtime = Gateway(
+                settings,
+                db=self.db,
+                backplane=self.backplane,
+                redis=self.redis,
+                identity=self.identity,
+                messaging=self.messaging,
+                cluster=self.cluster,
+                node_id=self.node_id,
+            )
         self.db.hooks.events_committed = self._on_events_committed
         self.db.hooks.jobs_committed = self.transport.publish
         self._poke_pending = False
@@ -121,6 +136,8 @@ class Runtime:
         await self.backplane.subscribe(OUTBOX_POKE_CHANNEL, lambda _c, _d: self.dispatcher.poke())
         await self.identity.start()
         await self.cluster.start()
+        if self.realtime is not None:
+            await self.realtime.start()
         self.dispatcher.start()
         if self.worker is not None:
             await self.worker.start()
@@ -133,6 +150,8 @@ class Runtime:
         if self.worker is not None:
             await self.worker.stop()
         await self.dispatcher.stop()
+        if self.realtime is not None:
+            await self.realtime.stop()
         await self.identity.stop()
         await self.cluster.close()
         await self.backplane.close()

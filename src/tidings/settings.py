@@ -116,6 +116,24 @@ class Settings(BaseSettings):
 
     node_heartbeat_seconds: float = Field(default=2.0, gt=0)
 
+    # Realtime gateway (WebSocket and SSE).
+    ws_heartbeat_seconds: float = Field(default=25.0, gt=0, le=300)
+    # A peer silent this long (no frame, no pong) is dead: closed, its presence cleared.
+    ws_idle_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    # Bytes queued for one slow client: at half, typing and presence are dropped; beyond it,
+    # the client is disconnected (close code 1008, reason "slow consumer").
+    ws_send_buffer_bytes: int = Field(default=1_048_576, ge=16_384)
+    # The kernel's send buffer per socket: bounded, so a client that stops reading backs up
+    # into the gateway's own buffer (above) instead of megabytes of autotuned kernel memory.
+    ws_socket_send_buffer_bytes: int = Field(default=262_144, ge=4096)
+    ws_max_message_bytes: int = Field(default=65_536, ge=1024, le=16_777_216)
+    ws_rate_limit: str = "30/second"
+    typing_ttl_seconds: float = Field(default=5.0, gt=0, le=60)
+    # Reconnecting with a position replays at most this many missed events per stream, no
+    # older than this; beyond either the client is told `resync_required`.
+    resume_max_events: int = Field(default=300, ge=1, le=10_000)
+    resume_max_age_seconds: float = Field(default=300.0, gt=0)
+
     @field_validator("cors_origins", "plugins", "jwt_previous_secrets", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:
@@ -130,6 +148,7 @@ class Settings(BaseSettings):
         "rate_limit_login",
         "rate_limit_register",
         "rate_limit_refresh",
+        "ws_rate_limit",
     )
     @classmethod
     def _check_rate(cls, value: str) -> str:

@@ -668,7 +668,7 @@ class Conversations:
                 )
                 .where(ConversationMember.user_id == user_id)
             )
-            return dict(rows.tuples().all())
+            return {conversation: workspace for conversation, workspace in rows.all()}  # noqa: C416 - typed pairs
 
     async def readable(self, principal: Principal, conversation_id: uuid.UUID) -> Conversation:
         """The conversation if `principal` may read it (404 otherwise)."""

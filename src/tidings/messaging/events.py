@@ -1,7 +1,8 @@
 """Event types the messaging domain emits, their streams, and the shapes they carry.
 
 Conversation events go on `conversation:<id>` (everyone who can read it follows that stream);
-events only one person needs (their read position, mutes, thread follows) go on `user:<id>`.
+events only one person needs (their read position, mutes, thread follows) go on
+`personal:<user id>` (not `user:<id>`, which carries identity's audit events and stays private).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ MUTE_UPDATED = "conversation.muted"
 THREAD_FOLLOW_UPDATED = "thread.follow_updated"
 
 CONVERSATION_STREAM_PREFIX = "conversation:"
-USER_STREAM_PREFIX = "user:"
+USER_STREAM_PREFIX = "personal:"
 
 
 def conversation_stream(conversation_id: uuid.UUID) -> str:
