@@ -319,7 +319,7 @@ async def test_a_silent_peer_is_closed_and_its_presence_cleared(
         **{**settings_values, "ws_heartbeat_seconds": 0.2, "ws_idle_timeout_seconds": 1.0},
     )
     async with live_server(settings) as live:
-        ada, bob, workspace, _ = await _team(live)
+        ada, bob, _, _ = await _team(live)
         ada_ws = await live.connect(ada)
         _, writer = await _raw_socket(live, bob)
         await ada_ws.expect(
