@@ -95,8 +95,12 @@ def _user_may(action: ConversationAction, access: ConversationAccess, user_id: u
             )
         case ConversationAction.ADD_MEMBERS:
             return access.is_member or staff or access.is_workspace_manager
-        case ConversationAction.REMOVE_MEMBERS | ConversationAction.MODERATE:
+        case ConversationAction.REMOVE_MEMBERS:
             return owns or staff
+        case ConversationAction.MODERATE:
+            # Others' messages are for workspace admins (and support staff) to delete; making a
+            # channel or opening a DM does not make someone a moderator of the other people.
+            return access.is_workspace_manager or staff
 
 
 def check(principal: Principal, access: ConversationAccess, action: ConversationAction) -> None:

@@ -56,6 +56,10 @@ def _dm_key(user_ids: Sequence[uuid.UUID]) -> str:
     return ",".join(sorted(str(u) for u in set(user_ids)))
 
 
+class _DmOpenedMeanwhile(Exception):  # noqa: N818 - control flow: retry and find that DM
+    pass
+
+
 class Conversations:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -91,6 +95,23 @@ class Conversations:
         is_default: bool = False,
     ) -> tuple[ConversationOut, bool]:
         """A new conversation (and True), or for a DM the existing one with those people."""
+        arguments = (principal, workspace_id, kind, name, topic, member_ids, is_default)
+        try:
+            return await self._create(*arguments)
+        except _DmOpenedMeanwhile:
+            # Both people opened their DM at once: the second attempt finds the first one's.
+            return await self._create(*arguments)
+
+    async def _create(
+        self,
+        principal: Principal,
+        workspace_id: uuid.UUID,
+        kind: ConversationKind,
+        name: str | None,
+        topic: str,
+        member_ids: Sequence[uuid.UUID],
+        is_default: bool,
+    ) -> tuple[ConversationOut, bool]:
         async with self._db.transaction() as session:
             role = await self._workspace_role(session, principal, workspace_id)
             if isinstance(principal, ApiKeyPrincipal):
@@ -132,13 +153,18 @@ class Conversations:
                     )
                 )
                 if existing is not None:
+                    # Reopening it brings back anyone who had left (group members may leave).
+                    await self._add(session, principal.actor_id, existing, members)
                     return events.conversation_out(existing, is_member=True), False
+            channel_name, dm_key = conversation.name, conversation.dm_key
             session.add(conversation)
             try:
                 await session.flush()
             except IntegrityError:
+                if dm_key is not None:
+                    raise _DmOpenedMeanwhile from None
                 raise Conflict(
-                    f"A channel named #{conversation.name} exists already.", code="name_taken"
+                    f"A channel named #{channel_name} exists already.", code="name_taken"
                 ) from None
             session.add_all(
                 ConversationMember(conversation_id=conversation.id, user_id=user_id)
@@ -343,8 +369,10 @@ class Conversations:
                 try:
                     await session.flush()
                 except IntegrityError:
+                    # The failed flush expired `conversation`: name it from the request.
                     raise Conflict(
-                        f"A channel named #{conversation.name} exists already.", code="name_taken"
+                        f"A channel named #{changes['name']['to']} exists already.",
+                        code="name_taken",
                     ) from None
                 await self._emit_updated(session, principal, conversation, changes)
             return self._out(access)

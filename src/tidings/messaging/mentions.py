@@ -12,7 +12,8 @@ import uuid
 from dataclasses import dataclass, field
 
 _FENCE = re.compile(r"```.*?(```|\Z)", re.DOTALL)
-_CODE_SPAN = re.compile(r"`[^`\n]*`")
+# A code span opens and closes with backtick runs of the same length (`a`, ``a ` b``).
+_CODE_SPAN = re.compile(r"(?<!`)(`+)(?!`).+?(?<!`)\1(?!`)")
 _USER = re.compile(
     r"<@([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})>"
 )
