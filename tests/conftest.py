@@ -143,23 +143,28 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def postgres_database(request: pytest.FixtureRequest) -> str:
+def postgres_database(request: pytest.FixtureRequest) -> Iterator[str]:
     _require_postgres()
-    name = f"tidings_test_{_worker_id(request)}"
+    # Unique per run: two test runs on one machine must not drop each other's databases.
+    run = str(getattr(request.config, "workerinput", {}).get("testrunuid", os.getpid()))[:8]
+    name = f"tidings_test_{run}_{_worker_id(request)}"
 
-    async def create() -> None:
+    async def admin(*statements: str) -> None:
         conn = await asyncpg.connect(POSTGRES_ADMIN_DSN)
         try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            await conn.execute(f'CREATE DATABASE "{name}"')
+            for statement in statements:
+                await conn.execute(statement)
         finally:
             await conn.close()
 
-    asyncio.run(create())
-    admin = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0]
-    url = f"{admin.replace('postgresql://', 'postgresql+asyncpg://', 1)}/{name}"
+    asyncio.run(
+        admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"')
+    )
+    base = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0]
+    url = f"{base.replace('postgresql://', 'postgresql+asyncpg://', 1)}/{name}"
     migrate.upgrade(url)
-    return url
+    yield url
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def _truncate_postgres(url: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 from collections import defaultdict
@@ -45,6 +46,8 @@ from tidings.messaging.schemas import (
 )
 
 MAX_PAGE = 200
+# Sends written in one transaction at most; more wait for the next commit.
+SEND_BATCH_SIZE = 64
 MAX_EMOJI_CHARS = 64
 
 
@@ -74,6 +77,14 @@ SYSTEM_SENDER_NAME = "Tidings"
 class Sent:
     message: MessageOut
     created: bool  # False when a retried send (same client_id) found its message
+
+
+@dataclass(frozen=True)
+class _PendingSend:
+    principal: Principal
+    conversation_id: uuid.UUID
+    draft: Draft
+    future: asyncio.Future[Message | _Replay]
 
 
 class _Replay(Exception):  # noqa: N818 - control flow: roll back and answer with the original
@@ -106,31 +117,86 @@ def _sender(principal: Principal) -> tuple[SenderKind, uuid.UUID]:
 
 
 class Messages:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, send_batch_size: int = SEND_BATCH_SIZE) -> None:
         self._db = db
+        self._batch_size = send_batch_size
+        self._queue: list[_PendingSend] = []
+        self._writer: asyncio.Task[None] | None = None
 
     # -- send ------------------------------------------------------------------------------
 
     async def send(self, principal: Principal, conversation_id: uuid.UUID, draft: Draft) -> Sent:
+        """Send a message; concurrent sends share transactions (group commit), each with its
+        own savepoint, so one failing send never affects another."""
         _check_body(draft.body)
-        try:
-            async with self._db.transaction() as session:
-                access = await authorize(
-                    session, principal, conversation_id, ConversationAction.POST
-                )
-                kind, sender_id = _sender(principal)
-                message = await self._write(
-                    session, access, draft, Sender(kind, sender_id, access.caller_name)
-                )
-        except _Replay as replay:
-            if replay.message.fingerprint != draft.fingerprint:
+        future: asyncio.Future[Message | _Replay] = asyncio.get_running_loop().create_future()
+        self._queue.append(_PendingSend(principal, conversation_id, draft, future))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_queued(), name="message-writer")
+        result = await future
+        if isinstance(result, _Replay):
+            if result.message.fingerprint != draft.fingerprint:
                 raise Conflict(
                     "This client_id was used for a different message.", code="client_id_reused"
-                ) from None
+                )
             async with self._db.read() as session:
-                reactions = await self._reactions(session, [replay.message.id])
-            return Sent(events.message_out(replay.message, reactions.get(replay.message.id)), False)
-        return Sent(events.message_out(message), True)
+                reactions = await self._reactions(session, [result.message.id])
+            return Sent(events.message_out(result.message, reactions.get(result.message.id)), False)
+        return Sent(events.message_out(result), True)
+
+    async def _write_queued(self) -> None:
+        # Runs while sends are queued: whatever queued up during one commit goes in the next,
+        # so a lone send waits for nobody and a crowd shares each fsync.
+        try:
+            while self._queue:
+                batch, self._queue = (
+                    self._queue[: self._batch_size],
+                    self._queue[self._batch_size :],
+                )
+                await self._write_batch(batch)
+        finally:
+            self._writer = None
+
+    async def _write_batch(self, batch: list[_PendingSend]) -> None:
+        outcomes: list[Message | _Replay | BaseException] = []
+        # Conversation rows are locked in one order by every batch: no deadlocks between
+        # processes. The sort is stable: one conversation's sends keep their arrival order.
+        batch.sort(key=lambda pending: pending.conversation_id.bytes)
+        try:
+            async with self._db.transaction() as session:
+                for pending in batch:
+                    try:
+                        async with session.begin_nested():
+                            outcomes.append(await self._write_one(session, pending))
+                    except _Replay as replay:
+                        outcomes.append(replay)
+                    except (
+                        Exception
+                    ) as failure:  # rolled back to its savepoint: only this send fails
+                        outcomes.append(failure)
+        except BaseException as failure:  # the commit (or the database) failed: nothing was written
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(failure)
+            if not isinstance(failure, Exception):
+                raise
+            return
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            if pending.future.done():  # the sender went away (request cancelled)
+                continue
+            if isinstance(outcome, _Replay | Message):
+                pending.future.set_result(outcome)
+            else:
+                pending.future.set_exception(outcome)
+
+    async def _write_one(self, session: AsyncSession, pending: _PendingSend) -> Message:
+        access = await authorize(
+            session, pending.principal, pending.conversation_id, ConversationAction.POST
+        )
+        kind, sender_id = _sender(pending.principal)
+        return await self._write(
+            session, access, pending.draft, Sender(kind, sender_id, access.caller_name)
+        )
 
     async def post_system(self, conversation_id: uuid.UUID, body: str) -> MessageOut:
         """A message from Tidings itself (welcome messages, notices)."""
