@@ -70,7 +70,7 @@ class Runtime:
             lease_seconds=settings.outbox_lease_seconds,
         )
         self.identity = Identity(settings, self.db, self.backplane, self.redis)
-        self.messaging = Messaging(self.db)
+        self.messaging = Messaging(self.db, send_batch_size=settings.message_send_batch_size)
         # First: the realtime hop is the one people wait for.
         self.dispatcher.add_live(RealtimePublisher(self.backplane))
         self.dispatcher.add_transactional(AuditConsumer())

@@ -116,6 +116,10 @@ class Settings(BaseSettings):
 
     node_heartbeat_seconds: float = Field(default=2.0, gt=0)
 
+    # Chat sends that arrive together are written in one transaction (group commit), at most
+    # this many; 1 writes each in its own transaction.
+    message_send_batch_size: int = Field(default=64, ge=1, le=1000)
+
     # Realtime gateway (WebSocket and SSE).
     ws_heartbeat_seconds: float = Field(default=25.0, gt=0, le=300)
     # A peer silent this long (no frame, no pong) is dead: closed, its presence cleared.

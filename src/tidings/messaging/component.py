@@ -8,6 +8,6 @@ from tidings.messaging.messages import Messages
 
 
 class Messaging:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, send_batch_size: int) -> None:
         self.conversations = Conversations(db)
-        self.messages = Messages(db)
+        self.messages = Messages(db, send_batch_size=send_batch_size)
