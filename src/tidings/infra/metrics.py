@@ -34,3 +34,17 @@ OUTBOX_DISPATCH_LATENCY = Histogram(
     "Time from an event being written to it being dispatched",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
 )
+MESSAGE_SEND_BATCH = Histogram(
+    "tidings_message_send_batch_size",
+    "Chat messages written per transaction (group commit)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+REALTIME_CONNECTIONS = Gauge(
+    "tidings_realtime_connections", "Open WebSocket and SSE connections on this process"
+)
+REALTIME_DELIVERIES = Counter(
+    "tidings_realtime_deliveries_total", "Frames handed to realtime subscribers"
+)
+REALTIME_SLOW_CONSUMERS = Counter(
+    "tidings_realtime_slow_consumers_total", "Clients disconnected for not reading fast enough"
+)

@@ -18,6 +18,7 @@ from tidings.db.database import Database
 from tidings.events.service import emit
 from tidings.http.problems import Conflict, Forbidden, NotFound, Problem
 from tidings.identity.policy import ApiKeyPrincipal, Principal, UserPrincipal
+from tidings.infra import metrics
 from tidings.messaging import events
 from tidings.messaging.access import (
     ConversationAccess,
@@ -181,6 +182,7 @@ class Messages:
             if not isinstance(failure, Exception):
                 raise
             return
+        metrics.MESSAGE_SEND_BATCH.observe(len(batch))
         for pending, outcome in zip(batch, outcomes, strict=True):
             if pending.future.done():  # the sender went away (request cancelled)
                 continue

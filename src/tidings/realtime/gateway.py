@@ -36,6 +36,7 @@ from tidings.identity.cache import CHANNEL as AUTH_INVALIDATE_CHANNEL
 from tidings.identity.component import Identity
 from tidings.identity.policy import UserPrincipal
 from tidings.identity.tokens import AccessClaims, InvalidToken
+from tidings.infra import metrics
 from tidings.infra.backplane import Backplane
 from tidings.infra.logging import get_logger
 from tidings.infra.ratelimit import Rate
@@ -290,6 +291,7 @@ class Gateway:
         subscriber.pending = []
         user_id = subscriber.user_id
         self.hub.add(subscriber)
+        metrics.REALTIME_CONNECTIONS.inc()
         try:
             principal = UserPrincipal(user_id, subscriber.session_id)
             conversations = await self._messaging.conversations.conversation_ids_for(user_id)
@@ -362,6 +364,7 @@ class Gateway:
         return found
 
     def disconnected(self, subscriber: RealtimeSubscriber) -> None:
+        metrics.REALTIME_CONNECTIONS.dec()
         self.hub.remove(subscriber)
         self._workspaces.pop(subscriber.id, None)
         self._buckets.pop(subscriber.id, None)
@@ -370,6 +373,7 @@ class Gateway:
 
     def slow_consumer(self, subscriber: RealtimeSubscriber) -> None:
         self.slow_consumers += 1
+        metrics.REALTIME_SLOW_CONSUMERS.inc()
         _log.warning("realtime_slow_consumer", connection=subscriber.id)
 
     # -- commands --------------------------------------------------------------------------
@@ -611,6 +615,11 @@ class Gateway:
     # -- from the backplane ----------------------------------------------------------------
 
     def _on_items(self, _: str, data: bytes) -> None:
+        delivered = self.hub.delivered
+        self._route(data)
+        metrics.REALTIME_DELIVERIES.inc(self.hub.delivered - delivered)
+
+    def _route(self, data: bytes) -> None:
         for meta, frame in protocol.unpack_items(data):
             room = meta["room"]
             event = meta.get("event")
