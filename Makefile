@@ -37,6 +37,7 @@ test-scaled: install
 bench: install
 	$(VENV)/bin/python -m bench
 	$(VENV)/bin/python -m bench.auth
+	$(VENV)/bin/python -m bench.ingest
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench
