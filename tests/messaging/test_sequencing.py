@@ -14,9 +14,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
-from dataclasses import dataclass
-
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -26,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
+from tests.support.helpers import eventually
 from tests.support.messaging import (
     Headers,
     add_members,
@@ -37,7 +37,6 @@ from tests.support.messaging import (
     send,
     stream_events,
 )
-from tests.support.helpers import eventually
 from tests.support.users import Account, create_api_key, create_workspace, register
 from tidings.app import create_app
 from tidings.messaging.models import Conversation, Message
