@@ -78,7 +78,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--quiet-wait",
         type=float,
         help="before each run, wait up to this many seconds for other processes to go idle "
-        "(default 10, at most 120 in total; 0 with --quick)",
+        "(default 10; in total at most 120 or 6x this; 0 with --quick)",
+    )
+    parser.add_argument(
+        "--render", type=Path, metavar="JSON", help="print a results file as Markdown tables"
     )
     parser.add_argument("--output", type=Path, help="JSON path (default bench/results/<ts>.json)")
     return parser.parse_args(argv)
@@ -211,6 +214,13 @@ async def _main(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render is not None:
+        import json
+
+        from bench.report import render_markdown
+
+        print(render_markdown(json.loads(args.render.read_text(encoding="utf-8"))))
+        return 0
     _strip_tidings_environment()
     _configure_logging()
     coroutine: Coroutine[Any, Any, int] = _main(args)

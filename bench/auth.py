@@ -24,16 +24,22 @@ from typing import Any
 
 import asyncpg
 import httpx
+import redis.asyncio as aioredis
 from asgi_lifespan import LifespanManager
 
+from bench.machine import BUSY_OTHERS_PERCENT, CpuMeter
+from bench.profiles import POSTGRES_ADMIN_DSN, REDIS_URL
 from tidings.app import create_app
 from tidings.db import migrate
 from tidings.infra.logging import configure_logging
 from tidings.settings import Settings
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/tidings_bench_auth"
-REDIS_URL = "redis://127.0.0.1:6379/0"
+# The same services as `python -m bench` (TIDINGS_BENCH_POSTGRES_DSN / TIDINGS_BENCH_REDIS_URL).
+PG_ADMIN = POSTGRES_ADMIN_DSN
+DATABASE = "tidings_bench_auth"
+PG_URL = (
+    f"{PG_ADMIN.rsplit('/', 1)[0].replace('postgresql://', 'postgresql+asyncpg://', 1)}/{DATABASE}"
+)
 PASSWORD = "correct horse battery staple"  # noqa: S105 - a benchmark account
 TARGET_API_KEY_OVERHEAD_MS = 0.2
 
@@ -53,15 +59,15 @@ async def _settings(profile: str, data_dir: Path) -> Settings:
     if profile == "scaled":
         conn = await asyncpg.connect(PG_ADMIN)
         try:
-            await conn.execute('DROP DATABASE IF EXISTS "tidings_bench_auth" WITH (FORCE)')
-            await conn.execute('CREATE DATABASE "tidings_bench_auth"')
+            await conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+            await conn.execute(f'CREATE DATABASE "{DATABASE}"')
         finally:
             await conn.close()
         await migrate.upgrade_async(PG_URL)
         values.update(
             database_url=PG_URL, redis_url=REDIS_URL, redis_prefix=f"bench:{secrets.token_hex(4)}:"
         )
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 def _pct(samples: list[float], q: float) -> float:
@@ -70,9 +76,17 @@ def _pct(samples: list[float], q: float) -> float:
 
 
 async def _rate(
-    http: httpx.AsyncClient, request: dict[str, Any], seconds: float, concurrency: int
+    http: httpx.AsyncClient,
+    request: dict[str, Any],
+    seconds: float,
+    concurrency: int,
+    cpu: dict[str, dict[str, float]],
+    name: str,
 ) -> float:
+    """Closed-loop requests/s; the CPU use of this process, its services and others under `name`."""
     done = 0
+    meter = CpuMeter(database=DATABASE)
+    meter.start()
     deadline = time.perf_counter() + seconds
 
     async def worker() -> None:
@@ -84,80 +98,117 @@ async def _rate(
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return done / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    cpu[name] = meter.stop()
+    return done / elapsed
+
+
+async def _cleanup(settings: Settings) -> None:
+    """Drop what the scaled profile left behind: the bench database and the run's Redis keys."""
+    if settings.redis_url is None:
+        return
+    client = aioredis.from_url(settings.redis_url)  # type: ignore[no-untyped-call]
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{settings.redis_prefix}*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+    conn = await asyncpg.connect(PG_ADMIN)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+    finally:
+        await conn.close()
 
 
 async def run_profile(profile: str, seconds: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         settings = await _settings(profile, Path(tmp))
-        app = create_app(settings)
-        async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://bench") as http:
-                registered = (
-                    await http.post(
-                        "/api/v1/auth/register",
-                        json={
-                            "email": "bench@example.com",
-                            "password": PASSWORD,
-                            "display_name": "b",
-                        },
-                    )
-                ).json()
-                bearer = {"Authorization": f"Bearer {registered['tokens']['access_token']}"}
-                workspace = (
-                    await http.post("/api/v1/workspaces", json={"name": "Bench"}, headers=bearer)
-                ).json()["id"]
-                key = (
-                    await http.post(
-                        f"/api/v1/workspaces/{workspace}/api-keys",
-                        json={"name": "bench", "scopes": ["admin"]},
-                        headers=bearer,
-                    )
-                ).json()["key"]
-                login = {
-                    "method": "POST",
-                    "url": "/api/v1/auth/login",
-                    "json": {"email": "bench@example.com", "password": PASSWORD},
-                }
-                route = f"/api/v1/workspaces/{workspace}"
-                results = {
-                    "logins_per_s": await _rate(http, login, seconds, 4),
-                    "api_key_requests_per_s": await _rate(
-                        http,
-                        {
-                            "method": "GET",
-                            "url": route,
-                            "headers": {"Authorization": f"Bearer {key}"},
-                        },
-                        seconds,
-                        16,
-                    ),
-                    "jwt_requests_per_s": await _rate(
-                        http, {"method": "GET", "url": route, "headers": bearer}, seconds, 16
-                    ),
-                    "unauthenticated_healthz_per_s": await _rate(
-                        http, {"method": "GET", "url": "/healthz"}, seconds, 16
-                    ),
-                }
-                # What validation itself costs with a warm cache (the per-request overhead).
-                api_keys = app.state.runtime.identity.api_keys
-                await api_keys.authenticate(key)
-                samples = []
-                for _ in range(20_000):
-                    start = time.perf_counter()
-                    await api_keys.authenticate(key)
-                    samples.append((time.perf_counter() - start) * 1000)
-                results["api_key_validation_ms"] = {
-                    "p50": round(_pct(samples, 0.5), 4),
-                    "p99": round(_pct(samples, 0.99), 4),
-                    "mean": round(statistics.fmean(samples), 4),
-                }
-                argon = settings
-                results["argon2"] = (
-                    f"t={argon.argon2_time_cost} m={argon.argon2_memory_kib}KiB p={argon.argon2_parallelism}"
+        try:
+            return await _measure(settings, seconds)
+        finally:
+            await _cleanup(settings)
+
+
+async def _measure(settings: Settings, seconds: float) -> dict[str, Any]:
+    app = create_app(settings)
+    async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bench") as http:
+            registered = (
+                await http.post(
+                    "/api/v1/auth/register",
+                    json={
+                        "email": "bench@example.com",
+                        "password": PASSWORD,
+                        "display_name": "b",
+                    },
                 )
-        return results
+            ).json()
+            bearer = {"Authorization": f"Bearer {registered['tokens']['access_token']}"}
+            workspace = (
+                await http.post("/api/v1/workspaces", json={"name": "Bench"}, headers=bearer)
+            ).json()["id"]
+            key = (
+                await http.post(
+                    f"/api/v1/workspaces/{workspace}/api-keys",
+                    json={"name": "bench", "scopes": ["admin"]},
+                    headers=bearer,
+                )
+            ).json()["key"]
+            login = {
+                "method": "POST",
+                "url": "/api/v1/auth/login",
+                "json": {"email": "bench@example.com", "password": PASSWORD},
+            }
+            route = f"/api/v1/workspaces/{workspace}"
+            cpu: dict[str, dict[str, float]] = {}
+            results: dict[str, Any] = {
+                "logins_per_s": await _rate(http, login, seconds, 4, cpu, "logins"),
+                "api_key_requests_per_s": await _rate(
+                    http,
+                    {
+                        "method": "GET",
+                        "url": route,
+                        "headers": {"Authorization": f"Bearer {key}"},
+                    },
+                    seconds,
+                    16,
+                    cpu,
+                    "api_key_requests",
+                ),
+                "jwt_requests_per_s": await _rate(
+                    http,
+                    {"method": "GET", "url": route, "headers": bearer},
+                    seconds,
+                    16,
+                    cpu,
+                    "jwt_requests",
+                ),
+                "unauthenticated_healthz_per_s": await _rate(
+                    http, {"method": "GET", "url": "/healthz"}, seconds, 16, cpu, "healthz"
+                ),
+            }
+            # Percent of one core: this process, its PostgreSQL/Redis work, everything else.
+            results["cpu_percent"] = cpu
+            # What validation itself costs with a warm cache (the per-request overhead).
+            api_keys = app.state.runtime.identity.api_keys
+            await api_keys.authenticate(key)
+            samples = []
+            for _ in range(20_000):
+                start = time.perf_counter()
+                await api_keys.authenticate(key)
+                samples.append((time.perf_counter() - start) * 1000)
+            results["api_key_validation_ms"] = {
+                "p50": round(_pct(samples, 0.5), 4),
+                "p99": round(_pct(samples, 0.99), 4),
+                "mean": round(statistics.fmean(samples), 4),
+            }
+            argon = settings
+            results["argon2"] = (
+                f"t={argon.argon2_time_cost} m={argon.argon2_memory_kib}KiB p={argon.argon2_parallelism}"
+            )
+    return results
 
 
 def main() -> None:
@@ -187,6 +238,21 @@ def main() -> None:
             f"{profile:10} {r['logins_per_s']:9.1f} {r['api_key_requests_per_s']:14.0f} {r['jwt_requests_per_s']:10.0f} "
             f"{r['unauthenticated_healthz_per_s']:10.0f} {p50:17.4f} {verdict} (< {TARGET_API_KEY_OVERHEAD_MS} ms)"
         )
+    others = [
+        phase["other_cpu_percent"]
+        for r in report["profiles"].values()
+        for phase in r["cpu_percent"].values()
+    ]
+    busy = sum(1 for value in others if value > BUSY_OTHERS_PERCENT)
+    report["interference"] = {
+        "busy_runs": busy,
+        "measured_runs": len(others),
+        "max_other_cpu_percent": max(others, default=0.0),
+    }
+    print(
+        f"Other processes used > {BUSY_OTHERS_PERCENT:.0f}% of a core during {busy} of "
+        f"{len(others)} measured runs (worst {max(others, default=0.0):.0f}%)"
+    )
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     path = out / f"auth-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"

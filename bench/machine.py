@@ -8,7 +8,7 @@ import platform
 import resource
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -109,22 +109,25 @@ def _read(path: Path) -> str:
 def _is_ours(name: str, pid_dir: Path, database: str) -> bool:
     """Whether a PostgreSQL/Redis process works for this benchmark (not for someone else).
 
-    Redis and PostgreSQL's background processes are shared and counted as ours; a PostgreSQL
-    backend is ours only when it serves the bench database.
+    Redis and PostgreSQL's background processes are shared and counted as ours; a backend or an
+    autovacuum worker is ours only when it serves the bench database.
     """
     if name.startswith("redis-server"):
         return True
     title = _read(pid_dir / "cmdline").replace("\0", " ")
-    # Backends are titled "postgres: <cluster>: <user> <database> <client> <state>".
+    # Backends: "postgres: <cluster>: <user> <database> <client> <state>";
+    # autovacuum: "postgres: <cluster>: autovacuum worker <database>".
     parts = title.split(": ", 2)
-    if len(parts) < 3 or " " not in parts[2]:
-        return True
-    words = parts[2].split()
-    return len(words) < 3 or words[1] == database
+    words = parts[2].split() if len(parts) == 3 else []
+    if words[:2] == ["autovacuum", "worker"]:
+        return len(words) < 3 or words[2] == database
+    if len(words) >= 3 and ("(" in words[2] or words[2] == "[local]"):
+        return words[1] == database
+    return True
 
 
-def _service_cpu_seconds(database: str) -> float:
-    total = 0
+def _service_cpu_by_pid(database: str) -> dict[int, float]:
+    seconds: dict[int, float] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -134,15 +137,25 @@ def _service_cpu_seconds(database: str) -> float:
         if not name.startswith(SERVICE_PROCESS_NAMES) or not _is_ours(name, entry, database):
             continue
         fields = stat[name_end + 2 :].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / _CLOCK_TICKS
+        seconds[int(entry.name)] = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    return seconds
+
+
+def _service_delta(before: dict[int, float], database: str) -> float:
+    # Processes that exited in between are lost (an undercount), never negative.
+    after = _service_cpu_by_pid(database)
+    return sum(max(0.0, used - before.get(pid, 0.0)) for pid, used in after.items())
 
 
 def _machine_busy_seconds() -> float:
-    """CPU time spent by everything on the machine (all cores), from /proc/stat."""
+    """CPU time spent by processes on the machine (all cores), from /proc/stat.
+
+    Interrupt and softirq time (e.g. loopback TCP between the bench and its services) is left
+    out: it belongs to no process and would be mistaken for someone else's work.
+    """
     fields = _read(Path("/proc/stat")).splitlines()[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
+    user, nice, system, _idle, _iowait, _irq, _softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + steal) / _CLOCK_TICKS
 
 
 def _own_cpu_seconds() -> float:
@@ -161,19 +174,19 @@ class CpuMeter:
     database: str = BENCH_DATABASE
     wall: float = 0.0
     own: float = 0.0
-    services: float = 0.0
+    services: dict[int, float] = field(default_factory=dict)
     machine: float = 0.0
 
     def start(self) -> None:
         self.wall = time.perf_counter()
         self.own = _own_cpu_seconds()
-        self.services = _service_cpu_seconds(self.database)
+        self.services = _service_cpu_by_pid(self.database)
         self.machine = _machine_busy_seconds()
 
     def stop(self) -> dict[str, float]:
         elapsed = max(time.perf_counter() - self.wall, 1e-9)
         own = _own_cpu_seconds() - self.own
-        services = _service_cpu_seconds(self.database) - self.services
+        services = _service_delta(self.services, self.database)
         other = max(0.0, _machine_busy_seconds() - self.machine - own - services)
         return {
             "bench_process_cpu_percent": round(100 * own / elapsed, 1),
@@ -191,7 +204,8 @@ class Quiet:
     """Before each measured run: wait (up to `max_wait` s) until other processes are idle."""
 
     max_wait: float = 0.0
-    # Never wait longer than this in total, so a busy machine cannot stretch a run unboundedly.
+    # Never wait longer than this (or 6 x max_wait) in total: a busy machine must not stretch a
+    # run without bound.
     total_budget: float = 120.0
     waited: float = 0.0
     gave_up: int = 0
@@ -200,7 +214,8 @@ class Quiet:
         if self.max_wait <= 0:
             return
         started = time.perf_counter()
-        limit = min(self.max_wait, max(0.0, self.total_budget - self.waited))
+        budget = max(self.total_budget, 6 * self.max_wait)
+        limit = min(self.max_wait, max(0.0, budget - self.waited))
         while True:
             meter = CpuMeter()
             meter.start()

@@ -9,6 +9,8 @@ offered rate steps up until a step is no longer sustained.
 from __future__ import annotations
 
 import asyncio
+import math
+import statistics
 import time
 import uuid
 from collections.abc import Sequence
@@ -18,7 +20,7 @@ from typing import Any
 from bench.machine import CpuMeter, settle
 from bench.pacing import run_paced
 from bench.profiles import Stores
-from bench.stats import Latency, percentile, slope_per_second
+from bench.stats import Latency, slope_per_second
 from tidings.events.dispatcher import DispatchedEvent
 from tidings.events.service import emit
 from tidings.runtime import Runtime
@@ -27,8 +29,8 @@ EVENT_TYPE = "bench.message"
 TARGET_P99_MS = 50.0
 # A step is "sustained" when the producers achieved this share of the offered rate...
 MIN_ACHIEVED_SHARE = 0.95
-# ...and the median lag of the last third did not exceed the first third's by this much.
-LAG_GROWTH_FACTOR = 2.0
+# ...and the mean outbox lag of the last third did not exceed the first third's by this much.
+LAG_GROWTH_FACTOR = 1.25
 LAG_GROWTH_SLACK_S = 0.010
 
 
@@ -69,11 +71,37 @@ def _payload(index: int) -> dict[str, Any]:
     }
 
 
+class _LagSampler:
+    """Every `interval` seconds, the age of the oldest committed but not yet dispatched event:
+    the outbox lag a production gauge would show, sampled while the producers run."""
+
+    def __init__(self, seen: dict[uuid.UUID, float], interval: float = 0.1) -> None:
+        self.committed: list[tuple[float, uuid.UUID]] = []  # in the order commits returned
+        self.samples: list[tuple[float, float]] = []
+        self._seen = seen
+        self._interval = interval
+        self._oldest = 0
+
+    def age(self, now: float) -> float:
+        while self._oldest < len(self.committed) and self.committed[self._oldest][1] in self._seen:
+            self._oldest += 1
+        if self._oldest == len(self.committed):
+            return 0.0
+        return now - self.committed[self._oldest][0]
+
+    async def run(self) -> None:
+        while True:
+            now = time.perf_counter()
+            self.samples.append((now, self.age(now)))
+            await asyncio.sleep(self._interval)
+
+
 async def _step(
     runtime: Runtime, consumer: RecordingConsumer, rate: float, params: OutboxParams
 ) -> dict[str, Any]:
     committed: dict[uuid.UUID, float] = {}
     batches_before = consumer.batches
+    sampler = _LagSampler(consumer.seen)
 
     async def send(index: int, _intended: float) -> None:
         async with runtime.db.transaction() as session:
@@ -83,11 +111,17 @@ async def _step(
                 stream_key=f"bench-stream-{index % params.streams}",
                 payload=_payload(index),
             )
-        committed[event.id] = time.perf_counter()
+        now = time.perf_counter()
+        committed[event.id] = now
+        sampler.committed.append((now, event.id))
 
     meter = CpuMeter()
     meter.start()
-    paced = await run_paced(rate, params.step_seconds, params.producers, send)
+    sampling = asyncio.create_task(sampler.run())
+    try:
+        paced = await run_paced(rate, params.step_seconds, params.producers, send)
+    finally:
+        sampling.cancel()
     cpu = meter.stop()
     deadline = time.perf_counter() + params.drain_timeout
     while time.perf_counter() < deadline:
@@ -99,12 +133,13 @@ async def _step(
     seen = consumer.seen
     lags = [(at - paced.started, seen[i] - at) for i, at in committed.items() if i in seen]
     third = paced.duration / 3
-    first = [lag for at, lag in lags if at < third]
-    last = [lag for at, lag in lags if at >= 2 * third]
-    first_p50 = percentile(first, 50)
-    last_p50 = percentile(last, 50)
-    growing = bool(first and last) and last_p50 > LAG_GROWTH_FACTOR * first_p50 + (
-        LAG_GROWTH_SLACK_S
+    ages = [(at - paced.started, age) for at, age in sampler.samples if at >= paced.started]
+    first_ages = [age for at, age in ages if at < third]
+    last_ages = [age for at, age in ages if at >= 2 * third]
+    first_lag = statistics.fmean(first_ages) if first_ages else math.nan
+    last_lag = statistics.fmean(last_ages) if last_ages else math.nan
+    growing = bool(first_ages and last_ages) and (
+        last_lag > LAG_GROWTH_FACTOR * first_lag + LAG_GROWTH_SLACK_S
     )
     undispatched = sum(1 for event_id in committed if event_id not in seen)
     in_window = sum(1 for i in committed if i in seen and seen[i] <= paced.ended)
@@ -132,9 +167,11 @@ async def _step(
         "undispatched_after_drain": undispatched,
         "drain_seconds": round(drained_at - paced.ended, 3),
         "commit_to_dispatch_ms": latency.as_dict(),
-        "lag_first_third_p50_ms": round(first_p50 * 1000, 3) if first else None,
-        "lag_last_third_p50_ms": round(last_p50 * 1000, 3) if last else None,
-        "lag_slope_ms_per_s": round(slope_per_second(lags) * 1000, 3),
+        # The sampled outbox lag (age of the oldest undispatched event) while producing.
+        "lag_first_third_ms": _ms(first_lag),
+        "lag_last_third_ms": _ms(last_lag),
+        "lag_max_ms": _ms(max((age for _, age in ages), default=math.nan)),
+        "lag_slope_ms_per_s": round(slope_per_second(ages) * 1000, 3),
         "lag_growing": growing,
         "intended_to_commit_ms": Latency.of_seconds(list(paced.completion.values())).as_dict(),
         "dispatch_batches": batches,
@@ -195,13 +232,17 @@ async def _warm_up(runtime: Runtime, consumer: RecordingConsumer, params: Outbox
     await _step(runtime, consumer, 4000, replace(params, step_seconds=0.5))
 
 
+def _ms(seconds: float) -> float | None:
+    return round(seconds * 1000, 3) if math.isfinite(seconds) else None
+
+
 def _step_line(step: dict[str, Any]) -> str:
     latency = step["commit_to_dispatch_ms"]
     return (
         f"offered {step['offered_per_s']:>6}/s  committed {step['committed_per_s']:>8}/s  "
         f"dispatched {step['dispatched_per_s']:>8}/s  p50 {latency['p50']} ms  "
         f"p99 {latency['p99']} ms  max {latency['max']} ms  "
-        f"lag {step['lag_first_third_p50_ms']}→{step['lag_last_third_p50_ms']} ms  "
+        f"lag {step['lag_first_third_ms']}→{step['lag_last_third_ms']} ms  "
         f"cpu {step['bench_process_cpu_percent']}% (others {step['other_cpu_percent']}%)  "
         f"{'sustained' if step['sustained'] else 'NOT sustained: ' + '; '.join(step['limited_by'])}"
     )

@@ -58,8 +58,8 @@ def _outbox_rows(outbox: dict[str, Any]) -> list[Row]:
         rows.append(
             Row(
                 f"[{profile}] outbox: lag 1st→last third @ {_fmt(top['committed_per_s'], '', 0)} ev/s",
-                f"{_fmt(top['lag_first_third_p50_ms'], '', 1)} → "
-                f"{_fmt(top['lag_last_third_p50_ms'], ' ms', 1)}",
+                f"{_fmt(top['lag_first_third_ms'], '', 1)} → "
+                f"{_fmt(top['lag_last_third_ms'], ' ms', 1)}",
                 "-",
                 f"disp/commit {_fmt(top['dispatched_per_s'] / top['committed_per_s'], 'x', 2)}"
                 if top["committed_per_s"]
@@ -226,3 +226,96 @@ def write_json(results: dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
     return path
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """The tables of docs/benchmarks.md, from one results file."""
+    parts = [
+        _md_table(
+            ["metric", "Tidings", "peer (same run)", "ratio", "target", "result"],
+            [list(row.__dict__.values()) for row in build_rows(results)],
+        )
+    ]
+    for profile, outbox in results.get("outbox", {}).items():
+        parts.append(f"Outbox steps, {profile}:")
+        parts.append(
+            _md_table(
+                [
+                    "offered/s",
+                    "committed/s",
+                    "dispatched/s",
+                    "p50 ms",
+                    "p99 ms",
+                    "max ms",
+                    "lag 1st→last third ms",
+                    "mean batch",
+                    "bench CPU %",
+                    "others CPU %",
+                    "verdict",
+                ],
+                [
+                    [
+                        str(step["offered_per_s"]),
+                        _fmt(step["committed_per_s"]),
+                        _fmt(step["dispatched_per_s"]),
+                        _fmt(step["commit_to_dispatch_ms"]["p50"]),
+                        _fmt(step["commit_to_dispatch_ms"]["p99"]),
+                        _fmt(step["commit_to_dispatch_ms"]["max"]),
+                        f"{_fmt(step['lag_first_third_ms'])} → {_fmt(step['lag_last_third_ms'])}",
+                        _fmt(step["mean_batch_size"]),
+                        _fmt(step["bench_process_cpu_percent"], "", 0),
+                        _fmt(step["other_cpu_percent"], "", 0),
+                        "sustained" if step["sustained"] else "; ".join(step["limited_by"]),
+                    ]
+                    for step in outbox["steps"]
+                ],
+            )
+        )
+    jobs = results.get("jobs")
+    if jobs:
+        rows: list[list[str]] = []
+        for name, runs in jobs["runs"].items():
+            for index, run in enumerate(runs, start=1):
+                throughput, latency = run["throughput"], run["latency"]
+                batch = run.get("batch_throughput")
+                rows.append(
+                    [
+                        name,
+                        str(index),
+                        _fmt(throughput["jobs_per_s"], "", 0),
+                        _fmt(throughput["enqueue_per_s"], "", 0),
+                        _fmt(batch["jobs_per_s"], "", 0) if batch else "-",
+                        _fmt(latency["enqueue_to_start_ms"]["p50"], "", 2),
+                        _fmt(latency["enqueue_to_start_ms"]["p99"], "", 2),
+                        _fmt(latency["enqueue_call_ms"]["p50"], "", 2),
+                        _fmt(throughput["bench_process_cpu_percent"], "", 0),
+                        _fmt(latency["bench_process_cpu_percent"], "", 0),
+                        _fmt(throughput["other_cpu_percent"], "", 0),
+                    ]
+                )
+        parts.append("Job runs (one row per system and round):")
+        parts.append(
+            _md_table(
+                [
+                    "system",
+                    "round",
+                    "jobs/s",
+                    "enqueue/s",
+                    "batch jobs/s",
+                    "start p50 ms",
+                    "start p99 ms",
+                    "enqueue call p50 ms",
+                    "CPU % (throughput)",
+                    "CPU % @ 200/s",
+                    "others CPU %",
+                ],
+                rows,
+            )
+        )
+    return "\n\n".join(parts)
