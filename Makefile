@@ -34,9 +34,14 @@ test-sqlite: install
 test-scaled: install
 	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadgroup --profiles scaled
 
-bench: install
+# The realtime bench's Node load client and peer servers (node_modules is not committed).
+bench/node_modules/.package-lock.json: bench/package.json bench/package-lock.json
+	cd bench && npm ci --no-audit --no-fund --loglevel=error
+
+bench: install bench/node_modules/.package-lock.json
 	$(VENV)/bin/python -m bench
 	$(VENV)/bin/python -m bench.auth
+	$(VENV)/bin/python -m bench.realtime
 	$(VENV)/bin/python -m bench.ingest
 
 lint: install
