@@ -118,7 +118,7 @@ class Conversations:
                 if not principal.scopes & {Scope.CONVERSATIONS_WRITE, Scope.ADMIN}:
                     raise Forbidden("Creating conversations needs conversations:write.")
                 if kind in DM_KINDS:
-                    raise Problem("API keys cannot open direct messages.", code="user_required")
+                    raise Forbidden("API keys cannot open direct messages.", code="user_required")
                 creator: uuid.UUID | None = None
             else:
                 if role is Role.GUEST and kind in CHANNEL_KINDS:
