@@ -21,6 +21,7 @@ from tidings.onboarding.routes import router as onboarding_router
 from tidings.realtime.routes import presence_router
 from tidings.realtime.routes import router as realtime_router
 from tidings.runtime import Runtime
+from tidings.search.routes import router as search_router
 from tidings.settings import Profile, Settings, load_settings
 from tidings.system.routes import router as system_router
 
@@ -80,6 +81,7 @@ def create_app(
     app.include_router(audit_router)
     for router in messaging_routers:
         app.include_router(router)
+    app.include_router(search_router)
     app.include_router(realtime_router)
     app.include_router(presence_router)
     for router in routers:

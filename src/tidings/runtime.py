@@ -29,6 +29,7 @@ from tidings.jobs.worker import Worker, WorkerConfig
 from tidings.messaging.component import Messaging
 from tidings.messaging.consumers import WorkspaceMembershipConsumer
 from tidings.realtime.gateway import Gateway, RealtimePublisher
+from tidings.search.service import Search
 from tidings.settings import Profile, Settings
 from tidings.system import maintenance
 from tidings.system.cluster import ClusterMembership
@@ -71,6 +72,7 @@ class Runtime:
         )
         self.identity = Identity(settings, self.db, self.backplane, self.redis)
         self.messaging = Messaging(self.db, send_batch_size=settings.message_send_batch_size)
+        self.search = Search(self.db)
         # First: the realtime hop is the one people wait for.
         self.dispatcher.add_live(RealtimePublisher(self.backplane))
         self.dispatcher.add_transactional(AuditConsumer())

@@ -1,5 +1,7 @@
 """Every table, imported in one place so the metadata is complete (tests, autogenerate)."""
 
+# No tables: imported so that migration 0004's engine-specific index stays out of schema diffs.
+import tidings.search.models  # noqa: F401
 from tidings.audit.models import AuditEntry
 from tidings.db.base import Base
 from tidings.db.leases import Lease
