@@ -518,3 +518,25 @@ async def test_add_remove_and_leave(client: httpx.AsyncClient) -> None:
     # Leaving the last private channel you are in: it is gone for you.
     assert (await client.post(f"{C}/{crew}/leave", headers=bob.headers)).status_code == 204
     problem(await client.get(f"{C}/{crew}", headers=bob.headers), 404, "conversation_not_found")
+
+
+async def test_a_deleted_workspace_has_no_conversations(client: httpx.AsyncClient) -> None:
+    owner = await register(client)
+    ws = await create_workspace(client, owner)
+    room = (await create_channel(client, owner.headers, ws))["id"]
+    deleted = await client.delete(f"/api/v1/workspaces/{ws}", headers=owner.headers)
+    assert deleted.status_code == 204
+    problem(
+        await client.get(f"/api/v1/workspaces/{ws}/conversations", headers=owner.headers),
+        404,
+        "workspace_not_found",
+    )
+    problem(
+        await create_conversation(client, owner.headers, ws, kind="public", name="after"),
+        404,
+        "workspace_not_found",
+    )
+    problem(await client.get(f"{C}/{room}", headers=owner.headers), 404, "conversation_not_found")
+    problem(
+        await post_message(client, owner.headers, room, "anyone?"), 404, "conversation_not_found"
+    )

@@ -16,7 +16,7 @@ from tidings.db.base import dialect_insert, utcnow
 from tidings.db.database import Database
 from tidings.events.service import NewEvent, emit, emit_many
 from tidings.http.problems import Conflict, Forbidden, NotFound, Problem
-from tidings.identity.models import Membership, Role, User
+from tidings.identity.models import Membership, Role, User, Workspace
 from tidings.identity.policy import ApiKeyPrincipal, Principal, Scope, UserPrincipal
 from tidings.messaging import events
 from tidings.messaging.access import (
@@ -69,15 +69,19 @@ class Conversations:
     async def _workspace_role(
         self, session: AsyncSession, principal: Principal, workspace_id: uuid.UUID
     ) -> Role | None:
-        """The caller's role (None for an API key of this workspace); 404 when outside it."""
+        """The caller's role (None for an API key of this workspace); 404 when outside it or
+        when the workspace was deleted."""
+        live = and_(Workspace.id == workspace_id, Workspace.deleted_at.is_(None))
         if isinstance(principal, ApiKeyPrincipal):
-            if principal.workspace_id != workspace_id:
+            if principal.workspace_id != workspace_id or not await session.scalar(
+                select(Workspace.id).where(live)
+            ):
                 raise NotFound("No such workspace.", code="workspace_not_found")
             return None
         raw = await session.scalar(
-            select(Membership.role).where(
-                Membership.workspace_id == workspace_id, Membership.user_id == principal.user_id
-            )
+            select(Membership.role)
+            .join(Workspace, Workspace.id == Membership.workspace_id)
+            .where(live, Membership.user_id == principal.user_id)
         )
         if raw is None:
             raise NotFound("No such workspace.", code="workspace_not_found")
