@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import uuid
 from typing import Any
 
 import httpx
@@ -121,6 +123,15 @@ async def test_cursor_pagination_walks_every_entry_once(client: httpx.AsyncClien
         f"/api/v1/workspaces/{workspace}/audit",
         params={"cursor": "!!garbage"},
         headers=owner.headers,
+    )
+    assert bad.status_code == 400
+    assert bad.json()["code"] == "invalid_cursor"
+    # Well-formed but without a time zone: refused too, not a 500 from comparing times.
+    naive = base64.urlsafe_b64encode(
+        orjson.dumps(["2026-01-01T00:00:00", str(uuid.uuid4())])
+    ).decode()
+    bad = await client.get(
+        f"/api/v1/workspaces/{workspace}/audit", params={"cursor": naive}, headers=owner.headers
     )
     assert bad.status_code == 400
     assert bad.json()["code"] == "invalid_cursor"

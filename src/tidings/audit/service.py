@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from tidings.audit.models import AuditEntry
 from tidings.db.base import dialect_insert
 from tidings.db.database import Database
 from tidings.events.dispatcher import DispatchedEvent
-from tidings.http.problems import Problem
+from tidings.http.cursors import decode_cursor, encode_cursor
 
 MAX_PAGE = 200
 EXPORT_CHUNK = 500
@@ -81,19 +80,6 @@ def entry_dict(entry: AuditEntry) -> dict[str, Any]:
     }
 
 
-def _encode_cursor(entry: AuditEntry) -> str:
-    raw = orjson.dumps([entry.occurred_at.isoformat(), str(entry.id)])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        moment, entry_id = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return datetime.fromisoformat(moment), uuid.UUID(entry_id)
-    except (ValueError, TypeError, orjson.JSONDecodeError):
-        raise Problem("The cursor is not valid.", code="invalid_cursor") from None
-
-
 class AuditLog:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -109,7 +95,7 @@ class AuditLog:
         """Newest first; `cursor` continues after the last entry of the previous page."""
         query = self._filtered(filters).where(AuditEntry.workspace_id == workspace_id)
         if cursor:
-            moment, entry_id = _decode_cursor(cursor)
+            moment, entry_id = decode_cursor(cursor)
             query = query.where(
                 or_(
                     AuditEntry.occurred_at < moment,
@@ -127,7 +113,8 @@ class AuditLog:
             )
         more = len(rows) > limit
         rows = rows[:limit]
-        return rows, _encode_cursor(rows[-1]) if more and rows else None
+        next_cursor = encode_cursor(rows[-1].occurred_at, rows[-1].id) if more and rows else None
+        return rows, next_cursor
 
     async def export(self, filters: AuditFilter) -> AsyncIterator[bytes]:
         """Every matching entry, oldest first, as JSON lines, streamed in chunks."""

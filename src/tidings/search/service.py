@@ -12,17 +12,14 @@ FTS instead: 0.2 ms for a rare word, 170 ms for one in every other message).
 
 from __future__ import annotations
 
-import base64
 import html
 import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from functools import reduce
 from typing import Any
 
-import orjson
 from sqlalchemy import (
     ColumnClause,
     ColumnElement,
@@ -39,7 +36,8 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tidings.db.database import Database
-from tidings.http.problems import Forbidden, NotFound, Problem
+from tidings.http.cursors import decode_cursor, encode_cursor
+from tidings.http.problems import Forbidden, NotFound
 from tidings.identity.models import Membership, Role, User, Workspace
 from tidings.identity.policy import ApiKeyPrincipal, Principal, Scope
 from tidings.messaging.access import may_read
@@ -80,27 +78,6 @@ class _Caller:
 
     actor_id: uuid.UUID
     role: Role | None
-
-
-# -- cursors (keyset on created_at, id, as in the audit log) -----------------------------------
-
-
-def _encode_cursor(message: Message) -> str:
-    raw = orjson.dumps([message.created_at.isoformat(), str(message.id)])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        moment, message_id = orjson.loads(
-            base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        )
-        when, which = datetime.fromisoformat(moment), uuid.UUID(message_id)
-    except (ValueError, TypeError, orjson.JSONDecodeError):
-        raise Problem("The cursor is not valid.", code="invalid_cursor") from None
-    if when.tzinfo is None:  # ours always carry +00:00; a naive one would fail in the query
-        raise Problem("The cursor is not valid.", code="invalid_cursor")
-    return when, which
 
 
 # -- snippets --------------------------------------------------------------------------------
@@ -164,7 +141,7 @@ class Search:
         async with self._db.read() as session:
             caller = await self._caller(session, principal, workspace_id)
             query = parse(q)
-            position = _decode_cursor(cursor) if cursor else None
+            position = decode_cursor(cursor) if cursor else None
             statement = (
                 select(Message, Conversation.name, Conversation.kind)
                 .join(Conversation, Conversation.id == Message.conversation_id)
@@ -211,7 +188,10 @@ class Search:
             for row in rows
         ]
         return SearchPage(
-            items=hits, next_cursor=_encode_cursor(rows[-1][0]) if more and rows else None
+            items=hits,
+            next_cursor=encode_cursor(rows[-1][0].created_at, rows[-1][0].id)
+            if more and rows
+            else None,
         )
 
     # -- who may read what -----------------------------------------------------------------
