@@ -199,6 +199,9 @@ async def test_each_mutation_writes_its_event(client: httpx.AsyncClient, app: Fa
         "root_id": root,
         "following": False,
     }
+    assert (await record(client.delete(f"{msg}/follow", headers=bob.headers)))[1] == []
+    _, written = await record(client.put(f"{msg}/follow", headers=bob.headers))
+    assert only(written, "thread.follow_updated", bobs)["following"] is True
 
     # Deletion: a tombstone, once.
     _, written = await record(client.delete(msg, headers=bob.headers))

@@ -541,6 +541,9 @@ class Messages:
             )
             if root.thread_root_id is not None:
                 raise Problem("Follow the thread's first message.", code="nested_thread")
+            current = await session.get(ThreadFollower, (root_id, user.user_id))
+            if current is not None and current.following == following:
+                return  # nothing changes: no event, like every other setter
             await self._follow(session, root_id, user.user_id, following=following)
             await emit(
                 session,
