@@ -63,13 +63,14 @@ class Plan:
 
 
 def plan_for(args: argparse.Namespace) -> Plan:
-    n = args.subscribers
     if args.quick:
+        # A smoke run of every scenario at a small scale: not for figures.
+        n = args.subscribers or 200
         plan = Plan(
             rounds=1,
             burst=FanoutParams(n, 50, timeout=60),
             paced=FanoutParams(n, 100, rate=50, timeout=30),
-            idle_connections=2000,
+            idle_connections=1000,
             idle_settle=1.0,
             idle_peer_rounds=0,
             slow=FanoutParams(n, 400, timeout=60),
@@ -77,6 +78,7 @@ def plan_for(args: argparse.Namespace) -> Plan:
             scaled_paced=FanoutParams(n, 100, rate=50, timeout=30),
         )
     else:
+        n = args.subscribers or 1000
         plan = Plan(
             rounds=3,
             burst=FanoutParams(n, 200, timeout=90),
@@ -111,7 +113,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m bench.realtime",
         description="Realtime fan-out: Tidings vs Node ws, Socket.IO, python-socketio, websockets.",
     )
-    parser.add_argument("--quick", action="store_true", help="a short smoke run (~2 minutes)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run of every scenario at a small scale (~2 minutes), not for figures",
+    )
     parser.add_argument(
         "--scenarios", type=_csv(SCENARIOS), default=list(SCENARIOS), help=",".join(SCENARIOS)
     )
@@ -119,8 +125,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--servers", type=_csv(ALL_SERVERS), default=list(ALL_SERVERS), help=",".join(ALL_SERVERS)
     )
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3; quick 1)")
-    parser.add_argument("--subscribers", type=int, default=1000, help="subscribers in the room")
-    parser.add_argument("--idle-connections", type=int, help="default 10000 (quick 2000)")
+    parser.add_argument("--subscribers", type=int, help="in the room (default 1000; quick 200)")
+    parser.add_argument("--idle-connections", type=int, help="default 10000 (quick 1000)")
+    parser.add_argument(
+        "--tidings-src",
+        type=Path,
+        metavar="DIR",
+        help="import tidings from DIR (e.g. a patched copy of src/) for the Tidings servers",
+    )
     parser.add_argument("--output", type=Path, help="JSON path (default bench/results/<ts>)")
     parser.add_argument(
         "--render", type=Path, metavar="JSON", help="print a results file as Markdown"
@@ -278,6 +290,9 @@ async def _main(args: argparse.Namespace) -> int:
         )
     ensure_node_modules()
     lab = Lab(new_run_tag())
+    if args.tidings_src is not None:
+        lab.tidings_src = args.tidings_src.resolve()
+        print(f"Tidings imported from {lab.tidings_src}")
     lab.pad = 0 if "tidings" in servers else DEFAULT_FRAME_BYTES - PEER_PAYLOAD_OVERHEAD
     runner = Runner(lab, plan, servers)
     results: dict[str, Any] = {
@@ -287,6 +302,7 @@ async def _main(args: argparse.Namespace) -> int:
         "plan": asdict(plan),
         "servers": servers,
         "scenarios": chosen,
+        "tidings_src": str(lab.tidings_src) if lab.tidings_src else None,
         "settings": {
             "slow_runs": SLOW_RUN_SETTINGS,
             "tidings": {k: v for k, v in lab.base_env().items() if k.startswith("TIDINGS_")},

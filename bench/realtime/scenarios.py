@@ -12,7 +12,7 @@ from typing import Any
 
 from bench.realtime.loadclient import ClientConfig, LoadClient
 from bench.realtime.procs import Window, rss_bytes
-from bench.realtime.servers import CLIENT_CORE, Lab, Running
+from bench.realtime.servers import CLIENT_CORE, Lab, Running, log_tail
 from bench.realtime.slow import SlowConsumer
 
 # Fixed fields of a peer payload {"i":…,"t":…,"w":0,"p":""}: the padding makes up the rest of
@@ -111,19 +111,24 @@ async def fanout(
             await asyncio.to_thread(consumer.connect)
             subscribers -= 1
         config = ClientConfig(**{**params.client().__dict__, "n": subscribers})
+        watcher: asyncio.Task[dict[str, Any]] | None = None
         log = lab.tmp / f"client-{name}-{time.monotonic_ns()}.log"
         client = await LoadClient.start(config.for_server(running), log, client_core)
         try:
             ready = await client.ready(params.timeout)
             window = Window(running.pids, client.pid, running.database)
+            finished = asyncio.Event()
             watcher = (
-                asyncio.create_task(_watch_cut(running, consumer)) if consumer is not None else None
+                asyncio.create_task(_watch_cut(running, consumer, finished))
+                if consumer is not None
+                else None
             )
             window.start()
             started = time.perf_counter()
             client.go()
             result = await client.result(params.timeout + 30)
             cpu = window.stop(time.perf_counter() - started)
+            finished.set()
             summary = _summarise(result, cpu)
             summary["startup_seconds"] = round(startup, 2)
             summary["connect_seconds"] = round(ready["connect_seconds"], 3)
@@ -132,24 +137,32 @@ async def fanout(
             if watcher is not None:
                 summary["slow_consumer"] = await watcher
         finally:
+            if watcher is not None and not watcher.done():
+                watcher.cancel()
             await client.stop()
             if consumer is not None:
                 consumer.close()
         return summary
 
 
-async def _watch_cut(running: Running, consumer: SlowConsumer | None) -> dict[str, Any]:
-    """Wait for the server to log the cut-off, then read what reached the slow client (the
-    server aborts a cut client after 5 s, so the close frame must be read before that)."""
+async def _watch_cut(
+    running: Running, consumer: SlowConsumer | None, finished: asyncio.Event
+) -> dict[str, Any]:
+    """Wait for the server to log the cut-off (or for the run to end), then read what reached
+    the slow client: the server aborts a cut client 5 s after its close frame, so that frame
+    must be read before then."""
     assert consumer is not None
     started = time.perf_counter()
     seen_at: float | None = None
-    deadline = started + 180
-    while time.perf_counter() < deadline:
-        text = running.logs[0].read_text(errors="replace")
-        if "realtime_slow_consumer" in text:
+    ended_at: float | None = None
+    while True:
+        if "realtime_slow_consumer" in log_tail(running.logs[0], 1 << 20):
             seen_at = time.perf_counter() - started
             break
+        if finished.is_set():
+            ended_at = ended_at or time.perf_counter()
+            if time.perf_counter() - ended_at > 2.0:
+                break
         await asyncio.sleep(0.05)
     drained = await asyncio.to_thread(consumer.drain, 4.0)
     return {

@@ -89,11 +89,18 @@ class Running:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def log_tail(log: Path, chars: int = 1500) -> str:
+    try:
+        return log.read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
+
+
 async def _wait_port(port: int, proc: asyncio.subprocess.Process, budget: float, log: Path) -> None:
     deadline = time.monotonic() + budget
     while time.monotonic() < deadline:
         if proc.returncode is not None:
-            tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+            tail = log_tail(log)
             raise RuntimeError(f"server exited with {proc.returncode} before listening: {tail}")
         try:
             _, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -126,6 +133,8 @@ class Lab:
         self.tag = tag
         self.tmp = Path(tempfile.mkdtemp(prefix=f"tidings-bench-rt-{tag}-"))
         self.pad = 0  # padding of the peers' payload, set once Tidings' frame size is known
+        # A directory to import `tidings` from instead of the installed one (to try a patch).
+        self.tidings_src: Path | None = None
         self._counter = itertools.count(1)
         self._sqlite_template: Path | None = None
         self._pg_template: str | None = None
@@ -146,6 +155,8 @@ class Lab:
         )
         for name in ("USER", "IP", "REGISTER", "LOGIN", "REFRESH", "API_KEY"):
             env[f"TIDINGS_RATE_LIMIT_{name}"] = HIGH_RATE
+        if self.tidings_src is not None:
+            env["PYTHONPATH"] = str(self.tidings_src)
         return env
 
     async def _migrate(self, env: dict[str, str]) -> None:
