@@ -12,10 +12,12 @@ messages (one `message.created` per message, in sequence order: commit order).
 from __future__ import annotations
 
 import asyncio
+import importlib
 import itertools
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -23,7 +25,7 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from tests.support.helpers import eventually
 from tests.support.messaging import (
@@ -153,3 +155,67 @@ async def check_order(app: FastAPI, conversation_id: str) -> None:
     assert [e.stream_seq for e in stream] == list(range(1, len(stream) + 1))
     announced = [e.payload["message"]["seq"] for e in stream if e.type == "message.created"]
     assert announced == seqs, "message.created events out of sequence (commit) order"
+
+
+# Each change holds its row (the message, or the leaver's membership) and is paused just before
+# it writes its event on the conversation's stream: the moment a batch of sends holding that
+# stream would need the same row.
+CHANGES = {
+    "edit": ("message.edited", "PATCH", "/messages/{root}", {"body": "edited"}),
+    "pin": ("message.pinned", "PUT", "/messages/{root}/pin", None),
+    "delete": ("message.deleted", "DELETE", "/messages/{root}", None),
+    "remove": ("conversation.member_left", "DELETE", "/members/{bob}", None),
+}
+
+
+@pytest.mark.profiles("scaled")  # the embedded profile has one writer: no cycle is possible
+@pytest.mark.parametrize("change", list(CHANGES))
+async def test_changes_racing_a_batch_of_sends_do_not_deadlock(
+    client: httpx.AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    owner = await register(client)
+    ws = await create_workspace(client, owner)
+    [bob] = await add_members(client, owner, ws, "member")
+    room = (await create_channel(client, owner.headers, ws, members=[bob]))["id"]
+    blocker = (await create_channel(client, owner.headers, ws))["id"]
+    root = (await send(client, owner.headers, room, "root"))["id"]
+    paused_type, method, path, body = CHANGES[change]
+
+    def pausing(real: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def emit(session: Any, type: str, **kwargs: Any) -> Any:
+            if type == paused_type:
+                await asyncio.sleep(1.0)
+            return await real(session, type, **kwargs)
+
+        return emit
+
+    for module in ("tidings.messaging.messages", "tidings.messaging.conversations"):
+        monkeypatch.setattr(f"{module}.emit", pausing(importlib.import_module(module).emit))
+
+    # Hold the message writer on another conversation so that the two sends below queue up and
+    # go out together in one batch (one transaction).
+    async with app.state.runtime.db.write_engine.connect() as holder:
+        await holder.execute(
+            text("SELECT id FROM conversations WHERE id = :id FOR UPDATE"), {"id": blocker}
+        )
+        held = asyncio.create_task(post_message(client, owner.headers, blocker, "held"))
+        await asyncio.sleep(0.3)
+        url = f"/api/v1/conversations/{room}{path.format(root=root, bob=bob.id)}"
+        changing = asyncio.create_task(
+            client.request(method, url, json=body, headers=owner.headers)
+        )
+        await asyncio.sleep(0.3)
+        first = asyncio.create_task(post_message(client, owner.headers, room, "top level"))
+        await asyncio.sleep(0.1)  # queued first: its event takes the stream for the batch
+        # A reply updates the root's row; bob's own send updates bob's membership row.
+        second = asyncio.create_task(
+            post_message(client, bob.headers, room, "bob's turn")
+            if change == "remove"
+            else post_message(client, owner.headers, room, "a reply", thread_root_id=root)
+        )
+        await asyncio.sleep(0.3)
+        await holder.rollback()
+    responses = await asyncio.gather(held, changing, first, second)
+    assert [r.status_code < 500 for r in responses] == [True] * 4, [r.text for r in responses]
+    assert responses[1].status_code in (200, 204)
+    await check_order(app, room)

@@ -127,44 +127,55 @@ def conversation_not_found() -> NotFound:
 
 
 async def load_access(
-    session: AsyncSession, principal: Principal, conversation_id: uuid.UUID
+    session: AsyncSession,
+    principal: Principal,
+    conversation_id: uuid.UUID,
+    *,
+    lock: bool = False,
 ) -> ConversationAccess:
-    """The conversation with the caller's relation to it; 404 if it does not exist."""
+    """The conversation with the caller's relation to it; 404 if it does not exist.
+
+    `lock` takes the conversation's row first, as senders do: a change to one of its messages
+    or members then never waits for a batch of sends that already holds the conversation's
+    event stream while that batch waits for the change's row (a deadlock on PostgreSQL).
+    """
     if isinstance(principal, UserPrincipal):
-        row = (
-            await session.execute(
-                select(Conversation, Membership.role, ConversationMember, User.display_name)
-                .join(Workspace, Workspace.id == Conversation.workspace_id)
-                .outerjoin(User, User.id == principal.user_id)
-                .outerjoin(
-                    Membership,
-                    and_(
-                        Membership.workspace_id == Conversation.workspace_id,
-                        Membership.user_id == principal.user_id,
-                    ),
-                )
-                .outerjoin(
-                    ConversationMember,
-                    and_(
-                        ConversationMember.conversation_id == Conversation.id,
-                        ConversationMember.user_id == principal.user_id,
-                    ),
-                )
-                .where(Conversation.id == conversation_id, Workspace.deleted_at.is_(None))
+        query = (
+            select(Conversation, Membership.role, ConversationMember, User.display_name)
+            .join(Workspace, Workspace.id == Conversation.workspace_id)
+            .outerjoin(User, User.id == principal.user_id)
+            .outerjoin(
+                Membership,
+                and_(
+                    Membership.workspace_id == Conversation.workspace_id,
+                    Membership.user_id == principal.user_id,
+                ),
             )
-        ).first()
+            .outerjoin(
+                ConversationMember,
+                and_(
+                    ConversationMember.conversation_id == Conversation.id,
+                    ConversationMember.user_id == principal.user_id,
+                ),
+            )
+            .where(Conversation.id == conversation_id, Workspace.deleted_at.is_(None))
+        )
+        if lock:  # FOR NO KEY UPDATE OF conversations, what a sender takes (SQLite: nothing)
+            query = query.with_for_update(of=Conversation, key_share=True)
+        row = (await session.execute(query)).first()
         if row is None:
             raise conversation_not_found()
         conversation, role, member, name = row
         return ConversationAccess(conversation, Role(role) if role else None, member, name or "")
-    key_row = (
-        await session.execute(
-            select(Conversation, ApiKey.name)
-            .join(Workspace, Workspace.id == Conversation.workspace_id)
-            .join(ApiKey, ApiKey.id == principal.key_id)
-            .where(Conversation.id == conversation_id, Workspace.deleted_at.is_(None))
-        )
-    ).first()
+    key_query = (
+        select(Conversation, ApiKey.name)
+        .join(Workspace, Workspace.id == Conversation.workspace_id)
+        .join(ApiKey, ApiKey.id == principal.key_id)
+        .where(Conversation.id == conversation_id, Workspace.deleted_at.is_(None))
+    )
+    if lock:
+        key_query = key_query.with_for_update(of=Conversation, key_share=True)
+    key_row = (await session.execute(key_query)).first()
     if key_row is None:
         raise conversation_not_found()
     return ConversationAccess(key_row[0], None, None, key_row[1])
@@ -175,7 +186,9 @@ async def authorize(
     principal: Principal,
     conversation_id: uuid.UUID,
     action: ConversationAction,
+    *,
+    lock: bool = False,
 ) -> ConversationAccess:
-    access = await load_access(session, principal, conversation_id)
+    access = await load_access(session, principal, conversation_id, lock=lock)
     check(principal, access, action)
     return access

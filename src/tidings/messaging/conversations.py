@@ -519,7 +519,7 @@ class Conversations:
     ) -> None:
         leaving = isinstance(principal, UserPrincipal) and principal.user_id == user_id
         async with self._db.transaction() as session:
-            access = await load_access(session, principal, conversation_id)
+            access = await load_access(session, principal, conversation_id, lock=True)
             conversation = access.conversation
             if leaving:
                 check(principal, access, ConversationAction.READ)
@@ -661,6 +661,9 @@ class Conversations:
                     Conversation.workspace_id == workspace_id,
                     ConversationMember.user_id == user_id,
                 )
+                # Their rows first, in the order batches of sends take them (see `load_access`).
+                .order_by(Conversation.id)
+                .with_for_update(of=Conversation, key_share=True)
             )
         )
         for conversation in conversations:

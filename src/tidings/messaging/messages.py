@@ -373,8 +373,13 @@ class Messages:
         conversation_id: uuid.UUID,
         message_id: uuid.UUID,
         action: ConversationAction,
+        *,
+        lock: bool = False,
     ) -> tuple[ConversationAccess, Message]:
-        access = await authorize(session, principal, conversation_id, ConversationAction.READ)
+        """`lock`: for changes to the message (see `load_access`)."""
+        access = await authorize(
+            session, principal, conversation_id, ConversationAction.READ, lock=lock
+        )
         message = await session.get(Message, message_id)
         if message is None or message.conversation_id != conversation_id:
             raise message_not_found()
@@ -399,7 +404,12 @@ class Messages:
         _check_body(body)
         async with self._db.transaction() as session:
             access, message = await self._load(
-                session, principal, conversation_id, message_id, ConversationAction.READ
+                session,
+                principal,
+                conversation_id,
+                message_id,
+                ConversationAction.READ,
+                lock=True,
             )
             if _sender(principal) != (SenderKind(message.sender_kind), message.sender_id):
                 raise Forbidden("Only its sender can edit a message.", code="not_the_sender")
@@ -434,7 +444,12 @@ class Messages:
     ) -> None:
         async with self._db.transaction() as session:
             access, message = await self._load(
-                session, principal, conversation_id, message_id, ConversationAction.READ
+                session,
+                principal,
+                conversation_id,
+                message_id,
+                ConversationAction.READ,
+                lock=True,
             )
             if _sender(principal) != (SenderKind(message.sender_kind), message.sender_id):
                 check(principal, access, ConversationAction.MODERATE)
@@ -510,7 +525,12 @@ class Messages:
     ) -> MessageOut:
         async with self._db.transaction() as session:
             access, message = await self._load(
-                session, principal, conversation_id, message_id, ConversationAction.POST
+                session,
+                principal,
+                conversation_id,
+                message_id,
+                ConversationAction.POST,
+                lock=True,
             )
             self._writable(access, message)
             if (message.pinned_at is not None) != pinned:
