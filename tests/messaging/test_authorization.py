@@ -11,11 +11,11 @@ have one scope each.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import httpx
-import pytest
 
 from tests.support.messaging import (
     Headers,
@@ -283,14 +283,22 @@ async def check_cases(client: httpx.AsyncClient, cases: list[Case]) -> None:
     world = await build(client)
     failures = []
     for case in cases:
-        for caller in CALLERS:
-            expected = expected_status(case, caller)
-            method, url, body = await case.prepare(client, world, expected == 2)
-            response = await client.request(method, url, json=body, headers=world.headers[caller])
-            got = response.status_code // 100 if expected == 2 else response.status_code
-            if got != expected:
+        # Targets are made one by one; then every caller tries at once (they are independent:
+        # each caller expected to succeed has a target of its own).
+        expected = {caller: expected_status(case, caller) for caller in CALLERS}
+        requests = [await case.prepare(client, world, expected[caller] == 2) for caller in CALLERS]
+        responses = await asyncio.gather(
+            *(
+                client.request(method, url, json=body, headers=world.headers[caller])
+                for caller, (method, url, body) in zip(CALLERS, requests, strict=True)
+            )
+        )
+        for caller, response in zip(CALLERS, responses, strict=True):
+            want = expected[caller]
+            got = response.status_code // 100 if want == 2 else response.status_code
+            if got != want:
                 failures.append(
-                    f"{case.name} / {caller}: expected {expected}, got {response.status_code} {response.text[:160]}"
+                    f"{case.name} / {caller}: expected {want}, got {response.status_code} {response.text[:160]}"
                 )
                 continue
             if response.status_code >= 400:
@@ -408,35 +416,42 @@ async def test_foreign_objects_are_not_found(client: httpx.AsyncClient) -> None:
     )
 
 
-@pytest.mark.parametrize("kind", ["direct", "group", "private"])
 async def test_private_conversations_are_hidden_from_workspace_admins(
-    client: httpx.AsyncClient, kind: str
+    client: httpx.AsyncClient,
 ) -> None:
     owner = await register(client)
     workspace = await create_workspace(client, owner)
     admin, a, b = await add_members(client, owner, workspace, "admin", "member", "member")
-    people = [b, owner] if kind == "group" else [b]
-    body: dict[str, object] = {"kind": kind, "member_ids": [p.id for p in people]}
-    if kind == "private":
-        body["name"] = "hush"
-    made = await client.post(
-        f"/api/v1/workspaces/{workspace}/conversations", json=body, headers=a.headers
-    )
-    conversation = made.json()["id"]
-    message = (await send(client, a.headers, conversation, SECRET))["id"]
-    for method, path in [
-        ("GET", ""),
-        ("GET", "/messages"),
-        ("GET", f"/messages/{message}"),
-        ("POST", "/join"),
-        ("DELETE", f"/messages/{message}"),
-        ("POST", "/archive"),
-    ]:
-        response = await client.request(method, f"{C}/{conversation}{path}", headers=admin.headers)
-        problem(response, 404, "conversation_not_found")
-    listed = await client.get(
-        f"/api/v1/workspaces/{workspace}/conversations",
-        params={"browse": "true"},
-        headers=admin.headers,
-    )
-    assert conversation not in {c["id"] for c in listed.json()}
+    for kind, people in (("direct", [b]), ("group", [b, owner]), ("private", [b])):
+        body: dict[str, object] = {"kind": kind, "member_ids": [p.id for p in people]}
+        if kind == "private":
+            body["name"] = "hush"
+        made = await client.post(
+            f"/api/v1/workspaces/{workspace}/conversations", json=body, headers=a.headers
+        )
+        conversation = made.json()["id"]
+        message = (await send(client, a.headers, conversation, SECRET))["id"]
+        for method, path in [
+            ("GET", ""),
+            ("GET", "/messages"),
+            ("GET", f"/messages/{message}"),
+            ("GET", "/members"),
+            ("POST", "/join"),
+            ("POST", "/members"),
+            ("DELETE", f"/messages/{message}"),
+            ("POST", "/archive"),
+        ]:
+            response = await client.request(
+                method,
+                f"{C}/{conversation}{path}",
+                json={"user_ids": [admin.id]} if path == "/members" and method == "POST" else None,
+                headers=admin.headers,
+            )
+            body_ = problem(response, 404, "conversation_not_found")
+            assert SECRET not in str(body_), kind
+        listed = await client.get(
+            f"/api/v1/workspaces/{workspace}/conversations",
+            params={"browse": "true"},
+            headers=admin.headers,
+        )
+        assert conversation not in {c["id"] for c in listed.json()}, kind

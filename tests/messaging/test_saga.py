@@ -112,8 +112,8 @@ def _target(app: FastAPI, method: str) -> Any:
     }[method]
 
 
-# The step's service method fails before doing anything, or (`after`) once its work committed:
-# both must leave nothing behind.
+# Each step's service method fails before doing anything, or (`after`) once its work committed:
+# either way, nothing may be left behind.
 FAILURES = [
     ("create_record", False),
     ("create_default", False),
@@ -125,42 +125,40 @@ FAILURES = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("method", "after"), FAILURES, ids=[f"{m}{'-after-commit' if a else ''}" for m, a in FAILURES]
-)
 async def test_a_failed_step_is_compensated(
-    client: httpx.AsyncClient,
-    app: FastAPI,
-    monkeypatch: pytest.MonkeyPatch,
-    method: str,
-    after: bool,
+    client: httpx.AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     owner = await register(client)
-    target = _target(app, method)
-    original: Callable[..., Awaitable[Any]] = getattr(target, method)
-
-    async def failing(*args: Any, **kwargs: Any) -> Any:
-        if after:
-            await original(*args, **kwargs)
-        raise RuntimeError(f"injected failure in {method}")
-
-    monkeypatch.setattr(target, method, failing)
-    response = await client.post(
-        "/api/v1/workspaces", json={"name": "Doomed"}, headers=owner.headers
-    )
-    body = problem(response, 500, "internal_error")
-    assert "injected" not in response.text
-    assert body["request_id"]
-
-    # Let the outbox consumers (#general membership) run, then look: nothing remains.
-    await eventually(lambda: outbox_drained(app))
-    assert await row_counts(app) == dict.fromkeys(
+    nothing = dict.fromkeys(
         ["workspaces", "memberships", "conversations", "conversation_members", "messages"], 0
     )
-    assert (await client.get("/api/v1/workspaces", headers=owner.headers)).json() == []
+    for method, after in FAILURES:
+        failure = f"{method}{' after its commit' if after else ''}"
+        target = _target(app, method)
+        original: Callable[..., Awaitable[Any]] = getattr(target, method)
 
-    # And the next attempt works as if the first never happened.
-    monkeypatch.undo()
+        async def failing(
+            *args: Any, _original: Any = original, _after: bool = after, **kwargs: Any
+        ) -> Any:
+            if _after:
+                await _original(*args, **kwargs)
+            raise RuntimeError("injected failure")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(target, method, failing)
+            response = await client.post(
+                "/api/v1/workspaces", json={"name": "Doomed"}, headers=owner.headers
+            )
+        body = problem(response, 500, "internal_error")
+        assert "injected" not in response.text, failure
+        assert body["request_id"], failure
+
+        # Let the outbox consumers (#general membership) run, then look: nothing remains.
+        await eventually(lambda: outbox_drained(app))
+        assert await row_counts(app) == nothing, failure
+        assert (await client.get("/api/v1/workspaces", headers=owner.headers)).json() == [], failure
+
+    # And the next attempt works as if the failed ones never happened.
     ws = await create_workspace(client, owner, "Doomed")
     assert [
         w["id"] for w in (await client.get("/api/v1/workspaces", headers=owner.headers)).json()

@@ -169,21 +169,27 @@ CHANGES = {
 
 
 @pytest.mark.profiles("scaled")  # the embedded profile has one writer: no cycle is possible
-@pytest.mark.parametrize("change", list(CHANGES))
 async def test_changes_racing_a_batch_of_sends_do_not_deadlock(
-    client: httpx.AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch, change: str
+    client: httpx.AsyncClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     owner = await register(client)
     ws = await create_workspace(client, owner)
     [bob] = await add_members(client, owner, ws, "member")
-    room = (await create_channel(client, owner.headers, ws, members=[bob]))["id"]
     blocker = (await create_channel(client, owner.headers, ws))["id"]
-    root = (await send(client, owner.headers, room, "root"))["id"]
-    paused_type, method, path, body = CHANGES[change]
+    # One conversation per change, each with a thread root.
+    rooms = {
+        change: (await create_channel(client, owner.headers, ws, members=[bob]))["id"]
+        for change in CHANGES
+    }
+    roots = {
+        change: (await send(client, owner.headers, room, "root"))["id"]
+        for change, room in rooms.items()
+    }
+    paused = {paused_type for paused_type, *_ in CHANGES.values()}
 
     def pausing(real: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def emit(session: Any, type: str, **kwargs: Any) -> Any:
-            if type == paused_type:
+            if type in paused:
                 await asyncio.sleep(1.0)
             return await real(session, type, **kwargs)
 
@@ -192,30 +198,43 @@ async def test_changes_racing_a_batch_of_sends_do_not_deadlock(
     for module in ("tidings.messaging.messages", "tidings.messaging.conversations"):
         monkeypatch.setattr(f"{module}.emit", pausing(importlib.import_module(module).emit))
 
-    # Hold the message writer on another conversation so that the two sends below queue up and
-    # go out together in one batch (one transaction).
+    # Hold the message writer on another conversation so that the sends below queue up and go
+    # out together in one batch (one transaction).
     async with app.state.runtime.db.write_engine.connect() as holder:
         await holder.execute(
             text("SELECT id FROM conversations WHERE id = :id FOR UPDATE"), {"id": blocker}
         )
         held = asyncio.create_task(post_message(client, owner.headers, blocker, "held"))
         await asyncio.sleep(0.3)
-        url = f"/api/v1/conversations/{room}{path.format(root=root, bob=bob.id)}"
-        changing = asyncio.create_task(
-            client.request(method, url, json=body, headers=owner.headers)
-        )
+        changing = {}
+        for change, (_, method, path, body) in CHANGES.items():
+            url = f"/api/v1/conversations/{rooms[change]}{path.format(root=roots[change], bob=bob.id)}"
+            changing[change] = asyncio.create_task(
+                client.request(method, url, json=body, headers=owner.headers)
+            )
         await asyncio.sleep(0.3)
-        first = asyncio.create_task(post_message(client, owner.headers, room, "top level"))
-        await asyncio.sleep(0.1)  # queued first: its event takes the stream for the batch
+        firsts = [
+            asyncio.create_task(post_message(client, owner.headers, room, "top level"))
+            for room in rooms.values()
+        ]
+        await asyncio.sleep(0.1)  # queued first: their events take the streams for the batch
         # A reply updates the root's row; bob's own send updates bob's membership row.
-        second = asyncio.create_task(
-            post_message(client, bob.headers, room, "bob's turn")
-            if change == "remove"
-            else post_message(client, owner.headers, room, "a reply", thread_root_id=root)
-        )
+        seconds = [
+            asyncio.create_task(
+                post_message(client, bob.headers, room, "bob's turn")
+                if change == "remove"
+                else post_message(
+                    client, owner.headers, room, "a reply", thread_root_id=roots[change]
+                )
+            )
+            for change, room in rooms.items()
+        ]
         await asyncio.sleep(0.3)
         await holder.rollback()
-    responses = await asyncio.gather(held, changing, first, second)
-    assert [r.status_code < 500 for r in responses] == [True] * 4, [r.text for r in responses]
-    assert responses[1].status_code in (200, 204)
-    await check_order(app, room)
+    responses = await asyncio.gather(held, *firsts, *seconds)
+    assert all(r.status_code < 500 for r in responses), [r.text for r in responses]
+    for change, task in changing.items():
+        response = await task
+        assert response.status_code in (200, 204), (change, response.text)
+    for room in rooms.values():
+        await check_order(app, room)
