@@ -25,6 +25,7 @@ from tidings.messaging.access import (
     ConversationAction,
     authorize,
     check,
+    conversation_not_found,
 )
 from tidings.messaging.mentions import Mentions, parse_mentions
 from tidings.messaging.models import (
@@ -205,7 +206,7 @@ class Messages:
         async with self._db.transaction() as session:
             conversation = await session.get(Conversation, conversation_id)
             if conversation is None:
-                raise message_not_found()
+                raise conversation_not_found()
             access = ConversationAccess(conversation, None, None, SYSTEM_SENDER_NAME)
             sender = Sender(SenderKind.SYSTEM, None, SYSTEM_SENDER_NAME)
             return events.message_out(await self._write(session, access, Draft(body), sender))
