@@ -353,7 +353,7 @@ async def test_a_policy_close_reconnects_only_with_a_refresh_token(
     first_refresh_token = ada.client.refresh_token
     async with consuming(ada.client, initial_delay=0.1) as (conn, seen):
         await seen.wait_for(Hello)
-        drop(live, ada.user.id, 1008, "slow consumer")
+        drop(live, ada.user.id, 1008, "policy violation")
         await seen.wait_for(Hello, lambda h: h is not seen.frames[0])
         assert conn.reconnects == 1
         assert ada.client.refresh_token != first_refresh_token  # it refreshed first
@@ -363,10 +363,10 @@ async def test_a_policy_close_reconnects_only_with_a_refresh_token(
     bare = sdk(access_token=bob.client.access_token)
     async with consuming(bare, initial_delay=0.1) as (conn, seen):
         await seen.wait_for(Hello)
-        drop(live, bob.user.id, 1008, "slow consumer")
+        drop(live, bob.user.id, 1008, "policy violation")
         await asyncio.wait_for(seen._task, 10)
         assert isinstance(seen.ended, RealtimeClosed)
-        assert (seen.ended.close_code, seen.ended.reason) == (1008, "slow consumer")
+        assert (seen.ended.close_code, seen.ended.reason) == (1008, "policy violation")
         assert conn.reconnects == 0
 
 

@@ -10,6 +10,7 @@ import os
 import socket
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -208,6 +209,30 @@ async def test_resume_gets_exactly_the_missed_events(live: LiveServer) -> None:
     await _send(live, ada, general, "after")
     after = await bob_ws.expect("event", _is_message("after"))
     assert after["seq"] == seen["seq"] + 6
+
+
+async def test_resume_in_the_connect_url_replays_before_anything_live(live: LiveServer) -> None:
+    ada, bob, _, general = await _team(live)
+    stream = f"conversation:{general}"
+    bob_ws = await live.connect(bob)
+    position = bob_ws.hello["positions"][stream]
+    await bob_ws.close()
+    missed = [await _send(live, ada, general, f"missed {i}") for i in range(3)]
+    ticket = await live.ticket(bob)
+    resume = quote(json.dumps({stream: position}))
+    socket = await connect(f"{live.ws_url}?ticket={ticket}&resume={resume}")
+    live.clients.append(socket)
+    frames: list[dict[str, Any]] = []
+    while len(frames) < 5:  # presence may come in between; the stream's frames keep their order
+        frame = json.loads(await asyncio.wait_for(socket.recv(), 5))
+        if frame["type"] != "presence":
+            frames.append(frame)
+    assert [f["type"] for f in frames] == ["hello", "event", "event", "event", "resumed"]
+    assert [f["data"]["message"]["id"] for f in frames[1:4]] == [m["id"] for m in missed]
+    assert frames[4]["streams"][stream] == {"recovered": True, "count": 3}
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(f"{live.ws_url}?ticket={await live.ticket(bob)}&resume={quote('[1,2]')}")
+    assert refused.value.response.status_code == 400
 
 
 async def test_resume_beyond_the_window_requires_a_resync(
@@ -418,6 +443,7 @@ async def test_commands_are_rate_limited_per_connection(settings_values: dict[st
         await client.socket.send(json.dumps({"type": "ping", "ref": "over"}))
         limited = await client.expect("error")
         assert limited["problem"]["code"] == "rate_limited"
+        assert limited["ref"] == "over"
 
 
 async def test_server_sent_events_carry_the_same_frames(live: LiveServer) -> None:

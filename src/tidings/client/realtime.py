@@ -600,13 +600,15 @@ class RealtimeConnection:
                 self._resolve(frame.ref, frame)
             case ErrorFrame():
                 pending = self._pending.get(str(frame.ref)) if frame.ref is not None else None
+                if frame.code == "rate_limited" and (pending is None or not pending.internal):
+                    # Refused for going too fast, not for what it asked: send it again after a
+                    # pause (every command is idempotent). Without a ref, all waiting ones.
+                    self._spawn(self._resend_after(RATE_LIMIT_PAUSE, time.monotonic()))
+                    self._emit(frame)
+                    return
                 if pending is not None and not pending.future.done():
                     pending.future.set_exception(TidingsError.from_problem(frame.problem))
                     return
-                if frame.ref is None and frame.code == "rate_limited":
-                    # The server does not say which command it refused: send the waiting ones
-                    # again after a pause (all are idempotent).
-                    self._spawn(self._resend_after(RATE_LIMIT_PAUSE, time.monotonic()))
                 self._emit(frame)
             case TypingFrame() | PresenceFrame():
                 self._emit(frame)

@@ -154,7 +154,7 @@ class WebSocketConnection(asyncio.Protocol):
             return
         if self.pending is not None:
             if len(self.pending) >= self.gateway.max_pending:
-                self.close(protocol.CLOSE_POLICY, "resync required: too much arrived")
+                self.close(protocol.CLOSE_SLOW_CONSUMER, "too much arrived while opening")
                 return
             self.pending.append((room, seq, frame, ws_frame, ephemeral))
             return
@@ -174,7 +174,7 @@ class WebSocketConnection(asyncio.Protocol):
             return
         if buffered + len(ws_frame) > limit:
             self.gateway.slow_consumer(self)
-            self.close(protocol.CLOSE_POLICY, "slow consumer")
+            self.close(protocol.CLOSE_SLOW_CONSUMER, "slow consumer")
             return
         self.transport.write(ws_frame)
 

@@ -250,10 +250,15 @@ class Gateway:
         if who is None:
             connection.reject(401, "Unauthorized: send a ticket or an access token\n")
             return
+        try:
+            positions = parse_positions(next(iter(parse_qs(query).get("resume", [])), None))
+        except ValueError:
+            connection.reject(400, "Bad Request: resume is a JSON object of stream to seq\n")
+            return
         connection.user_id, connection.session_id = who
         if not connection.accept(request):
             return
-        await self.open(connection, positions=None)
+        await self.open(connection, positions=positions)
 
     async def authenticate(
         self, authorization: str | None, params: dict[str, list[str]], ip: str | None
@@ -381,7 +386,9 @@ class Gateway:
     def handle_message(self, subscriber: RealtimeSubscriber, data: bytes) -> None:
         if not self._take_token(subscriber.id):
             subscriber.send(
-                protocol.error_frame(None, 429, "rate_limited", "Too many messages; slow down.")
+                protocol.error_frame(
+                    _ref_of(data), 429, "rate_limited", "Too many messages; slow down."
+                )
             )
             return
         try:
@@ -521,9 +528,10 @@ class Gateway:
                     results[stream] = await self._replay(subscriber, stream, since, replayed)
         except Exception:
             _log.exception("realtime_resume_failed", connection=subscriber.id)
-            subscriber.send(protocol.error_frame(ref, 500, "internal_error", "Resume failed."))
-        finally:
             self._release(subscriber, replayed)
+            subscriber.send(protocol.error_frame(ref, 500, "internal_error", "Resume failed."))
+            return
+        self._release(subscriber, replayed)
         subscriber.send(protocol.dumps({"type": "resumed", "ref": ref, "streams": results}))
 
     async def _replay(
@@ -694,6 +702,21 @@ class Gateway:
             "dropped_ephemeral": self.hub.dropped,
             "slow_consumers_disconnected": self.slow_consumers,
         }
+
+
+def parse_positions(raw: str | None) -> dict[str, int] | None:
+    """`?resume=` of a connect URL: a JSON object of stream → last seq seen."""
+    if not raw:
+        return None
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ValueError("not JSON") from None
+    if not isinstance(value, dict) or not all(
+        isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0 for seq in value.values()
+    ):
+        raise ValueError("not an object of stream to seq")
+    return {str(stream): seq for stream, seq in value.items()}
 
 
 def _gone(subscriber: RealtimeSubscriber) -> bool:

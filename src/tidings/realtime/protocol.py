@@ -21,11 +21,11 @@ PATH = "/api/v1/realtime"
 
 # Close codes (RFC 6455 §7.4 and the 4000-4999 range for applications).
 CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY = 1008  # slow consumer, too many errors
 CLOSE_TOO_BIG = 1009
 CLOSE_RESTART = 1012
 CLOSE_HEARTBEAT_TIMEOUT = 4000
 CLOSE_SESSION_ENDED = 4001
+CLOSE_SLOW_CONSUMER = 4002  # fell behind: reconnect and resume
 
 # Streams a client may follow. Workspace and user streams carry audit data (IP addresses,
 # sign-ins) and never leave the server.

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
@@ -18,7 +17,7 @@ from tidings.http.problems import Problem, Unauthenticated
 from tidings.identity.deps import UserDep, workspace_access
 from tidings.identity.policy import Action
 from tidings.identity.workspaces import Access
-from tidings.realtime.gateway import Gateway
+from tidings.realtime.gateway import Gateway, parse_positions
 from tidings.realtime.sse import SseSubscriber
 from tidings.realtime.tickets import TICKET_SECONDS
 
@@ -61,17 +60,10 @@ async def events(
     ticket: str | None = None,
     resume: Annotated[str | None, Query(description="JSON object {stream: seq}")] = None,
 ) -> StreamingResponse:
-    positions: dict[str, int] | None = None
-    if resume:
-        try:
-            raw = orjson.loads(resume)
-            if not isinstance(raw, dict):
-                raise ValueError
-            positions = {str(k): int(v) for k, v in raw.items() if int(v) >= 0}
-        except (ValueError, TypeError, orjson.JSONDecodeError):
-            raise Problem(
-                "`resume` is a JSON object of stream → seq.", code="invalid_resume"
-            ) from None
+    try:
+        positions = parse_positions(resume)
+    except ValueError:
+        raise Problem("`resume` is a JSON object of stream → seq.", code="invalid_resume") from None
     params = {"ticket": [ticket]} if ticket else {}
     client = request.client.host if request.client else None
     who = await gateway.authenticate(request.headers.get("authorization"), params, client)

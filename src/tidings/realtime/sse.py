@@ -48,7 +48,7 @@ class SseSubscriber:
         if ephemeral and len(self._queue) > MAX_QUEUED // 2:
             return
         if len(self._queue) >= MAX_QUEUED:
-            self.close(protocol.CLOSE_POLICY, "slow consumer")
+            self.close(protocol.CLOSE_SLOW_CONSUMER, "slow consumer")
             return
         event_id = f"id: {room}:{seq}\n".encode() if room and seq is not None else b""
         self._queue.append(event_id + b"data: " + frame + b"\n\n")
