@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tidings.db.base import Base, JSONDocument, new_id, utcnow
-
-
-class Role(StrEnum):
-    OWNER = "owner"
-    ADMIN = "admin"
-    MEMBER = "member"
-    AGENT = "agent"
-    GUEST = "guest"
 
 
 class User(Base):

@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from tidings.identity.models import Role
+from tidings.identity.roles import Role
 
 
 class Action(StrEnum):

@@ -20,8 +20,9 @@ from tidings.identity.deps import (
     limit_by_ip,
     workspace_access,
 )
-from tidings.identity.models import ApiKey, Invitation, Role, User, Workspace
+from tidings.identity.models import ApiKey, Invitation, User, Workspace
 from tidings.identity.policy import Action
+from tidings.identity.roles import Role
 from tidings.identity.schemas import (
     AcceptInvitationIn,
     ApiKeyCreatedOut,

@@ -7,8 +7,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tidings.identity.models import Role
 from tidings.identity.passwords import MAX_PASSWORD_LENGTH
+from tidings.identity.roles import Role
 
 
 class _In(BaseModel):

@@ -15,7 +15,7 @@ from tidings.http.problems import Conflict, Forbidden, NotFound, Problem
 from tidings.identity import audit
 from tidings.identity.accounts import ClientInfo, normalize_email
 from tidings.identity.audit import AuditAction
-from tidings.identity.models import Invitation, Membership, Role, User, Workspace
+from tidings.identity.models import Invitation, Membership, User, Workspace
 from tidings.identity.policy import (
     Action,
     ApiKeyPrincipal,
@@ -25,6 +25,7 @@ from tidings.identity.policy import (
     decide,
     may_assign,
 )
+from tidings.identity.roles import Role
 from tidings.identity.tokens import INVITATION_PREFIX, digest, new_secret
 
 DEFAULT_INVITATION_TTL = timedelta(days=7)

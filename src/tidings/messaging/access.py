@@ -15,8 +15,9 @@ from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tidings.http.problems import Forbidden, NotFound
-from tidings.identity.models import ApiKey, Membership, Role, User, Workspace
+from tidings.identity.models import ApiKey, Membership, User, Workspace
 from tidings.identity.policy import ApiKeyPrincipal, Principal, Scope, UserPrincipal
+from tidings.identity.roles import Role
 from tidings.messaging.models import Conversation, ConversationKind, ConversationMember
 
 

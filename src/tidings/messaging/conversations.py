@@ -16,8 +16,9 @@ from tidings.db.base import dialect_insert, utcnow
 from tidings.db.database import Database
 from tidings.events.service import NewEvent, emit, emit_many
 from tidings.http.problems import Conflict, Forbidden, NotFound, Problem
-from tidings.identity.models import Membership, Role, User, Workspace
+from tidings.identity.models import Membership, User, Workspace
 from tidings.identity.policy import ApiKeyPrincipal, Principal, Scope, UserPrincipal
+from tidings.identity.roles import Role
 from tidings.messaging import events
 from tidings.messaging.access import (
     ConversationAccess,

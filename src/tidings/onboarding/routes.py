@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, status
 
 from tidings.identity.deps import ClientDep, UserDep
-from tidings.identity.models import Role
+from tidings.identity.roles import Role
 from tidings.identity.routes import workspace_out
 from tidings.identity.schemas import WorkspaceIn, WorkspaceOut
 from tidings.identity.workspaces import Access

@@ -38,8 +38,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tidings.db.database import Database
 from tidings.http.cursors import decode_cursor, encode_cursor
 from tidings.http.problems import Forbidden, NotFound
-from tidings.identity.models import Membership, Role, User, Workspace
+from tidings.identity.models import Membership, User, Workspace
 from tidings.identity.policy import ApiKeyPrincipal, Principal, Scope
+from tidings.identity.roles import Role
 from tidings.messaging.access import may_read
 from tidings.messaging.models import Conversation, ConversationKind, ConversationMember, Message
 from tidings.search.models import TS_CONFIG, fts_table_column, messages_fts, search_document
