@@ -18,11 +18,12 @@ from tidings.http.problems import Forbidden, NotFound
 from tidings.identity.models import ApiKey, Membership, User, Workspace
 from tidings.identity.policy import ApiKeyPrincipal, Principal, Scope, UserPrincipal
 from tidings.identity.roles import Role
-from tidings.messaging.models import Conversation, ConversationKind, ConversationMember
+from tidings.messaging.models import DM_KINDS, Conversation, ConversationKind, ConversationMember
 
 
 class ConversationAction(StrEnum):
-    READ = "conversation.read"
+    READ = "conversation.read"  # what it is and who is in it
+    READ_MESSAGES = "conversation.read_messages"
     POST = "conversation.post"
     JOIN = "conversation.join"
     SET_TOPIC = "conversation.set_topic"
@@ -35,9 +36,9 @@ class ConversationAction(StrEnum):
 _WORKSPACE_MANAGERS = frozenset({Role.OWNER, Role.ADMIN})
 _SUPPORT_STAFF = frozenset({Role.OWNER, Role.ADMIN, Role.AGENT})
 _API_KEY_SCOPES: dict[ConversationAction, frozenset[str]] = {
-    ConversationAction.READ: frozenset(
-        {Scope.MESSAGES_READ, Scope.MESSAGES_SEND, Scope.CONVERSATIONS_WRITE, Scope.ADMIN}
-    ),
+    ConversationAction.READ: frozenset(Scope),
+    # A send-only or channel-managing key does not read what people wrote.
+    ConversationAction.READ_MESSAGES: frozenset({Scope.MESSAGES_READ, Scope.ADMIN}),
     ConversationAction.POST: frozenset({Scope.MESSAGES_SEND, Scope.ADMIN}),
     ConversationAction.JOIN: frozenset(),
     ConversationAction.SET_TOPIC: frozenset({Scope.CONVERSATIONS_WRITE, Scope.ADMIN}),
@@ -78,13 +79,18 @@ def may_read(kind: ConversationKind, role: Role | None, is_member: bool) -> bool
     return False
 
 
+def key_may_see(kind: ConversationKind) -> bool:
+    """API keys act for an app, not a person: direct messages stay between their people."""
+    return kind not in DM_KINDS
+
+
 def _user_may(action: ConversationAction, access: ConversationAccess, user_id: uuid.UUID) -> bool:
     conversation = access.conversation
     kind = ConversationKind(conversation.kind)
     staff = kind is ConversationKind.SUPPORT and access.workspace_role in _SUPPORT_STAFF
     owns = conversation.created_by == user_id or access.is_workspace_manager
     match action:
-        case ConversationAction.READ:
+        case ConversationAction.READ | ConversationAction.READ_MESSAGES:
             return True
         case ConversationAction.POST | ConversationAction.SET_TOPIC:
             return access.is_member or staff
@@ -95,7 +101,9 @@ def _user_may(action: ConversationAction, access: ConversationAccess, user_id: u
                 owns or (staff and access.is_member)
             )
         case ConversationAction.ADD_MEMBERS:
-            return access.is_member or staff or access.is_workspace_manager
+            # Guests are invited in; they do not bring others.
+            guest = access.workspace_role is Role.GUEST
+            return (access.is_member and not guest) or staff or access.is_workspace_manager
         case ConversationAction.REMOVE_MEMBERS:
             return owns or staff
         case ConversationAction.MODERATE:
@@ -108,11 +116,10 @@ def check(principal: Principal, access: ConversationAccess, action: Conversation
     """Raise 404 if `principal` may not read the conversation, 403 if it may not do `action`."""
     conversation = access.conversation
     if isinstance(principal, ApiKeyPrincipal):
-        if principal.workspace_id != conversation.workspace_id:
+        kind = ConversationKind(conversation.kind)
+        if principal.workspace_id != conversation.workspace_id or not key_may_see(kind):
             raise conversation_not_found()
         if not principal.scopes & _API_KEY_SCOPES[action]:
-            if not principal.scopes & _API_KEY_SCOPES[ConversationAction.READ]:
-                raise conversation_not_found()
             raise Forbidden(f"The API key's scopes do not allow {action.value}.")
         return
     kind = ConversationKind(conversation.kind)

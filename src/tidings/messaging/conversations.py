@@ -25,6 +25,7 @@ from tidings.messaging.access import (
     ConversationAction,
     authorize,
     check,
+    key_may_see,
     load_access,
 )
 from tidings.messaging.models import (
@@ -308,6 +309,9 @@ class Conversations:
         query = select(Conversation).where(Conversation.workspace_id == workspace_id)
         if isinstance(principal, UserPrincipal):
             query = query.where(Conversation.kind == ConversationKind.PUBLIC.value)
+        else:
+            visible = [k.value for k in ConversationKind if key_may_see(k)]
+            query = query.where(Conversation.kind.in_(visible))
         mine: set[uuid.UUID] = set()
         if isinstance(principal, UserPrincipal):
             mine = set(
@@ -353,11 +357,13 @@ class Conversations:
             conversation = access.conversation
             changes: dict[str, Any] = {}
             if name is not None:
-                check(principal, access, ConversationAction.MANAGE)
                 if conversation.kind not in {k.value for k in CHANNEL_KINDS}:
+                    check(principal, access, ConversationAction.MANAGE)
                     raise Problem("Only channels have names.", code="invalid_name")
                 cleaned = clean_channel_name(name)
+                # The same name sent back with a new topic is not a rename.
                 if cleaned != conversation.name:
+                    check(principal, access, ConversationAction.MANAGE)
                     if conversation.is_default:
                         raise Conflict("#general keeps its name.", code="default_conversation")
                     changes["name"] = {"from": conversation.name, "to": cleaned}

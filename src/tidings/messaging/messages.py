@@ -112,6 +112,16 @@ def _check_emoji(emoji: str) -> str:
     return emoji
 
 
+def _authoring(principal: Principal) -> ConversationAction:
+    """Changing one's own message: a person must still read the conversation; an app (which
+    may be send-only) must still be allowed to post in it."""
+    return (
+        ConversationAction.POST
+        if isinstance(principal, ApiKeyPrincipal)
+        else ConversationAction.READ
+    )
+
+
 def _sender(principal: Principal) -> tuple[SenderKind, uuid.UUID]:
     if isinstance(principal, ApiKeyPrincipal):
         return SenderKind.APP, principal.key_id
@@ -378,14 +388,10 @@ class Messages:
         lock: bool = False,
     ) -> tuple[ConversationAccess, Message]:
         """`lock`: for changes to the message (see `load_access`)."""
-        access = await authorize(
-            session, principal, conversation_id, ConversationAction.READ, lock=lock
-        )
+        access = await authorize(session, principal, conversation_id, action, lock=lock)
         message = await session.get(Message, message_id)
         if message is None or message.conversation_id != conversation_id:
             raise message_not_found()
-        if action is not ConversationAction.READ:
-            check(principal, access, action)
         return access, message
 
     @staticmethod
@@ -409,7 +415,7 @@ class Messages:
                 principal,
                 conversation_id,
                 message_id,
-                ConversationAction.READ,
+                _authoring(principal),
                 lock=True,
             )
             if _sender(principal) != (SenderKind(message.sender_kind), message.sender_id):
@@ -449,7 +455,7 @@ class Messages:
                 principal,
                 conversation_id,
                 message_id,
-                ConversationAction.READ,
+                _authoring(principal),
                 lock=True,
             )
             if _sender(principal) != (SenderKind(message.sender_kind), message.sender_id):
@@ -585,7 +591,7 @@ class Messages:
     ) -> MessageOut:
         async with self._db.read() as session:
             _, message = await self._load(
-                session, principal, conversation_id, message_id, ConversationAction.READ
+                session, principal, conversation_id, message_id, ConversationAction.READ_MESSAGES
             )
             return await self._out(session, message)
 
@@ -594,7 +600,7 @@ class Messages:
     ) -> list[MessageEditOut]:
         async with self._db.read() as session:
             await self._load(
-                session, principal, conversation_id, message_id, ConversationAction.READ
+                session, principal, conversation_id, message_id, ConversationAction.READ_MESSAGES
             )
             rows = await session.scalars(
                 select(MessageEdit)
@@ -623,7 +629,7 @@ class Messages:
             raise Problem("Give at most one of before, after, around.", code="invalid_cursor")
         limit = max(1, min(limit, MAX_PAGE))
         async with self._db.read() as session:
-            await authorize(session, principal, conversation_id, ConversationAction.READ)
+            await authorize(session, principal, conversation_id, ConversationAction.READ_MESSAGES)
             top = select(Message).where(
                 Message.conversation_id == conversation_id, Message.thread_root_id.is_(None)
             )
@@ -683,7 +689,7 @@ class Messages:
         limit = max(1, min(limit, MAX_PAGE))
         async with self._db.read() as session:
             _, root = await self._load(
-                session, principal, conversation_id, root_id, ConversationAction.READ
+                session, principal, conversation_id, root_id, ConversationAction.READ_MESSAGES
             )
             if root.thread_root_id is not None:
                 raise Problem(
@@ -712,7 +718,7 @@ class Messages:
 
     async def pins(self, principal: Principal, conversation_id: uuid.UUID) -> list[MessageOut]:
         async with self._db.read() as session:
-            await authorize(session, principal, conversation_id, ConversationAction.READ)
+            await authorize(session, principal, conversation_id, ConversationAction.READ_MESSAGES)
             pinned = list(
                 await session.scalars(
                     select(Message)

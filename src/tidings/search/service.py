@@ -31,7 +31,6 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
-    true,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -41,7 +40,7 @@ from tidings.http.problems import Forbidden, NotFound
 from tidings.identity.models import Membership, User, Workspace
 from tidings.identity.policy import ApiKeyPrincipal, Principal, Scope
 from tidings.identity.roles import Role
-from tidings.messaging.access import may_read
+from tidings.messaging.access import key_may_see, may_read
 from tidings.messaging.models import Conversation, ConversationKind, ConversationMember, Message
 from tidings.search.models import TS_CONFIG, fts_table_column, messages_fts, search_document
 from tidings.search.query import (
@@ -75,7 +74,7 @@ def workspace_not_found() -> NotFound:
 
 @dataclass(frozen=True)
 class _Caller:
-    """Whose search it is: `role` None means an API key (every conversation of its workspace)."""
+    """Whose search it is: `role` None means an API key (its workspace but DMs)."""
 
     actor_id: uuid.UUID
     role: Role | None
@@ -222,8 +221,8 @@ class Search:
     @staticmethod
     def _readable(caller: _Caller) -> ColumnElement[bool]:
         """The conversations `caller` may read, as a condition on the joined Conversation."""
-        if caller.role is None:
-            return true()  # an API key reads every conversation of its workspace
+        if caller.role is None:  # an API key: every conversation of its workspace but DMs
+            return Conversation.kind.in_([k.value for k in ConversationKind if key_may_see(k)])
         # may_read is the rule; asking it for every kind, member or not, turns it into SQL.
         open_kinds = [k.value for k in ConversationKind if may_read(k, caller.role, False)]
         member_kinds = [k.value for k in ConversationKind if may_read(k, caller.role, True)]
