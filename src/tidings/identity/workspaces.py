@@ -109,10 +109,13 @@ class Workspaces:
 
     # Creating a workspace is a saga (see `tidings.onboarding`): these are identity's steps.
 
-    async def create_record(self, user: UserPrincipal, name: str, client: ClientInfo) -> Workspace:
-        """The workspace row alone; `add_owner` makes it usable."""
+    async def create_record(
+        self, user: UserPrincipal, name: str, client: ClientInfo, *, workspace_id: uuid.UUID
+    ) -> Workspace:
+        """The workspace row alone; `add_owner` makes it usable. The id comes from the caller
+        so a failure after the commit can still be compensated by id."""
         async with self._db.transaction() as session:
-            workspace = Workspace(name=_clean_name(name), created_by=user.user_id)
+            workspace = Workspace(id=workspace_id, name=_clean_name(name), created_by=user.user_id)
             session.add(workspace)
             await session.flush()
             await audit.record(
@@ -161,9 +164,12 @@ class Workspaces:
     async def discard(
         self, workspace_id: uuid.UUID, user: UserPrincipal, client: ClientInfo
     ) -> None:
-        """Compensation of `create_record`: the workspace never became usable, so it goes."""
+        """Compensation of `create_record`: the workspace never became usable, so it goes.
+        Idempotent: nothing happens when there is no such workspace."""
         async with self._db.transaction() as session:
-            await session.execute(delete(Workspace).where(Workspace.id == workspace_id))
+            deleted = await session.execute(delete(Workspace).where(Workspace.id == workspace_id))
+            if not deleted.rowcount:  # type: ignore[attr-defined]
+                return
             await audit.record(
                 session,
                 "workspace.deleted",

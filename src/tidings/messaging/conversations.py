@@ -616,10 +616,13 @@ class Conversations:
 
     # -- the workspace-creation saga's steps -----------------------------------------------
 
-    async def create_default(self, workspace_id: uuid.UUID, created_by: uuid.UUID) -> uuid.UUID:
+    async def create_default(
+        self, workspace_id: uuid.UUID, created_by: uuid.UUID, *, conversation_id: uuid.UUID
+    ) -> uuid.UUID:
         """`#general`: public, everyone in it. Members are added as they join the workspace."""
         async with self._db.transaction() as session:
             conversation = Conversation(
+                id=conversation_id,
                 workspace_id=workspace_id,
                 kind=ConversationKind.PUBLIC.value,
                 name=GENERAL,
@@ -640,7 +643,7 @@ class Conversations:
             return conversation.id
 
     async def discard(self, conversation_id: uuid.UUID) -> None:
-        """Compensation of `create_default` (its messages and members go with it)."""
+        """Compensation of `create_default` (its messages and members go with it); idempotent."""
         async with self._db.transaction() as session:
             await session.execute(delete(Conversation).where(Conversation.id == conversation_id))
 
