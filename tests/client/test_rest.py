@@ -253,7 +253,7 @@ def test_the_sdk_imports_no_server_parts() -> None:
     probe = (
         "import sys, tidings.client\n"
         "server = ('fastapi', 'starlette', 'uvicorn', 'redis', 'asyncpg', 'aiosqlite', "
-        "'alembic', 'tidings.app', 'tidings.realtime', 'tidings.db.database', "
+        "'alembic', 'sqlalchemy', 'argon2', 'tidings.app', 'tidings.realtime', 'tidings.db', "
         "'tidings.identity.accounts', 'tidings.messaging.messages')\n"
         "loaded = sorted(m for m in sys.modules if m.split('.')[0] in server or "
         "any(m == s or m.startswith(s + '.') for s in server))\n"

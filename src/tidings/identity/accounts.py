@@ -22,9 +22,10 @@ from tidings.http.problems import Conflict, Forbidden, NotFound, Problem, Unauth
 from tidings.identity import audit
 from tidings.identity.audit import AuditAction
 from tidings.identity.cache import AuthCaches
+from tidings.identity.limits import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from tidings.identity.models import ExternalAccount, RefreshToken, Session, User
 from tidings.identity.oidc import ExternalIdentity
-from tidings.identity.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, PasswordHashing
+from tidings.identity.passwords import PasswordHashing
 from tidings.identity.tokens import (
     REFRESH_TOKEN_PREFIX,
     AccessClaims,

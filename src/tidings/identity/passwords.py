@@ -14,9 +14,6 @@ from dataclasses import dataclass
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-MIN_PASSWORD_LENGTH = 8
-MAX_PASSWORD_LENGTH = 256
-
 
 @dataclass(frozen=True)
 class Verification:

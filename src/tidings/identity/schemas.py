@@ -7,7 +7,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tidings.identity.passwords import MAX_PASSWORD_LENGTH
+from tidings.identity.limits import MAX_PASSWORD_LENGTH
 from tidings.identity.roles import Role
 
 

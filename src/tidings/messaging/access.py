@@ -18,7 +18,8 @@ from tidings.http.problems import Forbidden, NotFound
 from tidings.identity.models import ApiKey, Membership, User, Workspace
 from tidings.identity.policy import ApiKeyPrincipal, Principal, Scope, UserPrincipal
 from tidings.identity.roles import Role
-from tidings.messaging.models import DM_KINDS, Conversation, ConversationKind, ConversationMember
+from tidings.messaging.kinds import DM_KINDS, ConversationKind
+from tidings.messaging.models import Conversation, ConversationMember
 
 
 class ConversationAction(StrEnum):

@@ -28,15 +28,8 @@ from tidings.messaging.access import (
     key_may_see,
     load_access,
 )
-from tidings.messaging.models import (
-    CHANNEL_KINDS,
-    DM_KINDS,
-    Conversation,
-    ConversationKind,
-    ConversationMember,
-    Mention,
-    Message,
-)
+from tidings.messaging.kinds import CHANNEL_KINDS, DM_KINDS, ConversationKind
+from tidings.messaging.models import Conversation, ConversationMember, Mention, Message
 from tidings.messaging.schemas import MAX_GROUP_MEMBERS, ConversationOut, MemberOut
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,79}$")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from tidings.messaging.models import Conversation, ConversationKind, Message
+from tidings.messaging.kinds import ConversationKind
+from tidings.messaging.models import Conversation, Message
 from tidings.messaging.schemas import ConversationOut, MessageOut, ReactionOut
 
 CONVERSATION_CREATED = "conversation.created"

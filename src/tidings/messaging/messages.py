@@ -27,6 +27,7 @@ from tidings.messaging.access import (
     check,
     conversation_not_found,
 )
+from tidings.messaging.kinds import SenderKind
 from tidings.messaging.mentions import Mentions, parse_mentions
 from tidings.messaging.models import (
     Conversation,
@@ -35,7 +36,6 @@ from tidings.messaging.models import (
     Message,
     MessageEdit,
     Reaction,
-    SenderKind,
     ThreadFollower,
 )
 from tidings.messaging.schemas import (

@@ -4,32 +4,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tidings.db.base import Base, JSONDocument, new_id, utcnow
-
-
-class ConversationKind(StrEnum):
-    PUBLIC = "public"  # a channel any non-guest member of the workspace may read and join
-    PRIVATE = "private"  # a channel only its members know of
-    DIRECT = "direct"  # a direct message between two people (or one person and themselves)
-    GROUP = "group"  # a direct message between three to nine people
-    SUPPORT = "support"  # a conversation with an external contact, answered by agents
-
-
-CHANNEL_KINDS = frozenset({ConversationKind.PUBLIC, ConversationKind.PRIVATE})
-DM_KINDS = frozenset({ConversationKind.DIRECT, ConversationKind.GROUP})
-
-
-class SenderKind(StrEnum):
-    USER = "user"
-    APP = "app"  # an API key
-    SYSTEM = "system"
-    CONTACT = "contact"
 
 
 class Conversation(Base):

@@ -9,8 +9,8 @@ from fastapi import APIRouter, Depends, Query, Request, Response, status
 
 from tidings.identity.deps import PrincipalDep, UserDep
 from tidings.messaging.component import Messaging
+from tidings.messaging.kinds import ConversationKind
 from tidings.messaging.messages import Draft
-from tidings.messaging.models import ConversationKind
 from tidings.messaging.schemas import (
     ConversationCreateIn,
     ConversationOut,

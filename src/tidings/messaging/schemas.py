@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tidings.messaging.models import ConversationKind
+from tidings.messaging.kinds import ConversationKind
 
 MAX_BODY_CHARS = 10_000
 MAX_CLIENT_ID = 100

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from tidings.messaging.models import ConversationKind
+from tidings.messaging.kinds import ConversationKind
 
 
 class SearchMessage(BaseModel):

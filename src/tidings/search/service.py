@@ -41,7 +41,8 @@ from tidings.identity.models import Membership, User, Workspace
 from tidings.identity.policy import ApiKeyPrincipal, Principal, Scope
 from tidings.identity.roles import Role
 from tidings.messaging.access import key_may_see, may_read
-from tidings.messaging.models import Conversation, ConversationKind, ConversationMember, Message
+from tidings.messaging.kinds import ConversationKind
+from tidings.messaging.models import Conversation, ConversationMember, Message
 from tidings.search.models import TS_CONFIG, fts_table_column, messages_fts, search_document
 from tidings.search.query import (
     LESS_THAN,
