@@ -10,8 +10,10 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
+from sqlalchemy import select
 
 from tests.support.users import create_workspace, register
+from tidings.messaging.models import Message
 
 
 def _batches() -> tuple[float, float]:
@@ -46,7 +48,6 @@ async def test_concurrent_sends_share_transactions_and_fail_alone(
         headers=owner.headers,
     )
     assert taken.status_code == 201
-    count_before, total_before = _batches()
 
     def send(conversation: str, body: str, **extra: Any) -> Any:
         return client.post(
@@ -55,12 +56,18 @@ async def test_concurrent_sends_share_transactions_and_fail_alone(
             headers=owner.headers,
         )
 
+    root = await send(second, "a thread")
+    assert root.status_code == 201
+    root_id = root.json()["id"]
+    count_before, total_before = _batches()
     requests = (
         [send(first, f"first {i}") for i in range(20)]
         + [send(second, f"second {i}") for i in range(20)]
         + [send(archived, f"archived {i}") for i in range(5)]
         + [send(first, "different body", client_id="taken")]
         + [send(str(uuid.uuid4()), "nowhere")]
+        + [send(second, "twice", client_id="same") for _ in range(2)]
+        + [send(second, f"reply {i}", thread_root_id=root_id) for i in range(3)]
     )
     responses = await asyncio.gather(*requests)
     statuses = [r.status_code for r in responses]
@@ -68,17 +75,30 @@ async def test_concurrent_sends_share_transactions_and_fail_alone(
     assert [r.json()["code"] for r in responses[40:45]] == ["conversation_archived"] * 5
     assert responses[45].json()["code"] == "client_id_reused"
     assert responses[46].json()["code"] == "conversation_not_found"
+    # The same client_id twice in one batch: one message, and both answers name it.
+    twice = responses[47:49]
+    assert sorted(r.status_code for r in twice) == [200, 201]
+    assert twice[0].json()["id"] == twice[1].json()["id"]
+    assert [r.status_code for r in responses[49:]] == [201] * 3
+    thread = await client.get(
+        f"/api/v1/conversations/{second}/messages/{root_id}/thread", headers=owner.headers
+    )
+    assert thread.json()["root"]["reply_count"] == 3
+    assert len(thread.json()["replies"]) == 3
 
-    for conversation, expected in ((first, 21), (second, 20)):
-        page = await client.get(
-            f"/api/v1/conversations/{conversation}/messages",
-            params={"limit": 100},
-            headers=owner.headers,
-        )
-        seqs = [m["seq"] for m in page.json()["messages"]]
+    # second: the root, 20 sends, "twice" once, 3 replies (replies have sequences too).
+    for conversation, expected in ((first, 21), (second, 25)):
+        async with app.state.runtime.db.read() as session:
+            seqs = list(
+                await session.scalars(
+                    select(Message.seq)
+                    .where(Message.conversation_id == uuid.UUID(conversation))
+                    .order_by(Message.seq)
+                )
+            )
         assert seqs == list(range(1, expected + 1))
 
     count_after, total_after = _batches()
-    # 47 sends went through fewer transactions than sends: at least one batch held several.
-    assert total_after - total_before == 47
-    assert count_after - count_before < 47
+    # 52 sends went through fewer transactions than sends: at least one batch held several.
+    assert total_after - total_before == 52
+    assert count_after - count_before < 52

@@ -125,7 +125,9 @@ async def test_a_failed_send_does_not_use_up_its_client_id(
     def broken(*_: object, **__: object) -> None:
         raise RuntimeError("the outbox is on fire")
 
+    # Both ways a send writes its event: in a batch, and one by one when a batch is retried.
     monkeypatch.setattr("tidings.messaging.messages.emit", broken)
+    monkeypatch.setattr("tidings.messaging.messages.emit_many", broken)
     failed = await post_message(client, owner.headers, room, "survives", client_id="d")
     problem(failed, 500, "internal_error")
     assert "on fire" not in failed.text

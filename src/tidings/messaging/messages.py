@@ -8,17 +8,18 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Union
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tidings.db.base import dialect_insert, new_id, utcnow
 from tidings.db.database import Database
-from tidings.events.service import emit
+from tidings.events.service import NewEvent, emit, emit_many
 from tidings.http.problems import Conflict, Forbidden, NotFound, Problem
 from tidings.identity.policy import ApiKeyPrincipal, Principal, UserPrincipal
 from tidings.infra import metrics
+from tidings.infra.logging import get_logger
 from tidings.messaging import events
 from tidings.messaging.access import (
     ConversationAccess,
@@ -87,6 +88,11 @@ class _PendingSend:
     conversation_id: uuid.UUID
     draft: Draft
     future: asyncio.Future[Message | _Replay]
+
+
+# What became of one send: its message, the message a retry found, or why it was refused.
+Outcome = Union["Message", "_Replay", Exception]
+_log = get_logger(__name__)
 
 
 class _Replay(Exception):  # noqa: N818 - control flow: roll back and answer with the original
@@ -170,29 +176,27 @@ class Messages:
             self._writer = None
 
     async def _write_batch(self, batch: list[_PendingSend]) -> None:
-        outcomes: list[Message | _Replay | BaseException] = []
         # Conversation rows are locked in one order by every batch: no deadlocks between
         # processes. The sort is stable: one conversation's sends keep their arrival order.
         batch.sort(key=lambda pending: pending.conversation_id.bytes)
+        outcomes: list[Outcome]
         try:
             async with self._db.transaction() as session:
+                outcomes = await self._write_bulk(session, batch)
+        except Exception:
+            # Something failed mid-way (a client_id raced in from another process, say): the
+            # whole batch rolled back; write it again send by send, each in a savepoint.
+            _log.info("message_batch_retried_one_by_one", size=len(batch), exc_info=True)
+            try:
+                async with self._db.transaction() as session:
+                    outcomes = [await self._write_isolated(session, p) for p in batch]
+            except BaseException as failure:  # the commit (or the database) failed
                 for pending in batch:
-                    try:
-                        async with session.begin_nested():
-                            outcomes.append(await self._write_one(session, pending))
-                    except _Replay as replay:
-                        outcomes.append(replay)
-                    except (
-                        Exception
-                    ) as failure:  # rolled back to its savepoint: only this send fails
-                        outcomes.append(failure)
-        except BaseException as failure:  # the commit (or the database) failed: nothing was written
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(failure)
-            if not isinstance(failure, Exception):
-                raise
-            return
+                    if not pending.future.done():
+                        pending.future.set_exception(failure)
+                if not isinstance(failure, Exception):
+                    raise
+                return
         metrics.MESSAGE_SEND_BATCH.observe(len(batch))
         for pending, outcome in zip(batch, outcomes, strict=True):
             if pending.future.done():  # the sender went away (request cancelled)
@@ -201,6 +205,207 @@ class Messages:
                 pending.future.set_result(outcome)
             else:
                 pending.future.set_exception(outcome)
+
+    async def _write_isolated(self, session: AsyncSession, pending: _PendingSend) -> Outcome:
+        try:
+            async with session.begin_nested():
+                return await self._write_one(session, pending)
+        except _Replay as replay:
+            return replay
+        except Exception as failure:  # rolled back to its savepoint: only this send fails
+            return failure
+
+    async def _write_bulk(self, session: AsyncSession, batch: list[_PendingSend]) -> list[Outcome]:
+        """A batch of sends in a handful of statements: one access check per sender and
+        conversation, one sequence allocation per conversation, one INSERT for the messages and
+        one for their events. Refusals are decided before anything is written, so they take no
+        sequence and need no savepoint."""
+        outcomes: list[Outcome | None] = [None] * len(batch)
+        accesses: dict[tuple[str, str, uuid.UUID], ConversationAccess | Problem] = {}
+        roots: dict[int, Message] = {}
+        candidates: list[int] = []
+        for index, pending in enumerate(batch):
+            key = (pending.principal.kind, pending.principal.actor_id, pending.conversation_id)
+            if key not in accesses:
+                try:
+                    accesses[key] = await authorize(
+                        session, pending.principal, pending.conversation_id, ConversationAction.POST
+                    )
+                except Problem as problem:
+                    accesses[key] = problem
+            access = accesses[key]
+            if isinstance(access, Problem):
+                outcomes[index] = access
+            elif access.conversation.archived_at is not None:
+                outcomes[index] = Conflict(
+                    "The conversation is archived.", code="conversation_archived"
+                )
+            elif pending.draft.thread_root_id is not None:
+                try:
+                    roots[index] = await self._valid_root(
+                        session, pending.conversation_id, pending.draft.thread_root_id
+                    )
+                    candidates.append(index)
+                except Problem as problem:
+                    outcomes[index] = problem
+            else:
+                candidates.append(index)
+
+        # client_ids sent before (replays) and twice within this batch.
+        keyed = [i for i in candidates if batch[i].draft.client_id is not None]
+        used: dict[tuple[uuid.UUID, uuid.UUID | None, str | None], Message] = {}
+        if keyed:
+            found = await session.scalars(
+                select(Message).where(
+                    Message.conversation_id.in_({batch[i].conversation_id for i in keyed}),
+                    Message.client_id.in_({batch[i].draft.client_id for i in keyed}),
+                )
+            )
+            used = {(m.conversation_id, m.sender_id, m.client_id): m for m in found}
+        first: dict[tuple[uuid.UUID, uuid.UUID | None, str | None], int] = {}
+        repeats: dict[int, int] = {}
+        fresh: list[int] = []
+        for index in candidates:
+            pending = batch[index]
+            client_key = (
+                pending.conversation_id,
+                _sender(pending.principal)[1],
+                pending.draft.client_id,
+            )
+            if pending.draft.client_id is not None:
+                if client_key in used:
+                    outcomes[index] = _Replay(used[client_key])
+                    continue
+                if client_key in first:
+                    repeats[index] = first[client_key]
+                    continue
+                first[client_key] = index
+            fresh.append(index)
+
+        now = utcnow()
+        # Sequences: one UPDATE … RETURNING per conversation, in sorted order (G2).
+        counts: dict[uuid.UUID, int] = defaultdict(int)
+        for index in fresh:
+            counts[batch[index].conversation_id] += 1
+        next_seq: dict[uuid.UUID, int] = {}
+        for conversation_id in sorted(counts, key=lambda c: c.bytes):
+            last: int = (
+                await session.execute(
+                    update(Conversation)
+                    .where(Conversation.id == conversation_id)
+                    .values(
+                        last_seq=Conversation.last_seq + counts[conversation_id],
+                        last_message_at=now,
+                    )
+                    .returning(Conversation.last_seq)
+                )
+            ).scalar_one()
+            next_seq[conversation_id] = last - counts[conversation_id] + 1
+
+        messages: list[Message] = []
+        mentioned: list[tuple[Message, Mentions]] = []
+        read_up_to: dict[tuple[uuid.UUID, uuid.UUID], int] = {}
+        new_events: list[NewEvent] = []
+        for index in fresh:
+            pending = batch[index]
+            access = accesses[
+                (pending.principal.kind, pending.principal.actor_id, pending.conversation_id)
+            ]
+            assert isinstance(access, ConversationAccess)  # noqa: S101 - refusals left above
+            conversation = access.conversation
+            kind, sender_id = _sender(pending.principal)
+            seq = next_seq[conversation.id]
+            next_seq[conversation.id] = seq + 1
+            mentions = parse_mentions(pending.draft.body)
+            root = roots.get(index)
+            message = Message(
+                id=new_id(),
+                conversation_id=conversation.id,
+                workspace_id=conversation.workspace_id,
+                seq=seq,
+                sender_kind=kind.value,
+                sender_id=sender_id,
+                sender_name=access.caller_name,
+                body=pending.draft.body,
+                client_id=pending.draft.client_id,
+                fingerprint=pending.draft.fingerprint if pending.draft.client_id else None,
+                mentions=mentions.as_dict(),
+                thread_root_id=root.id if root else None,
+                reply_count=0,
+                last_reply_at=None,
+                created_at=now,
+                edited_at=None,
+                deleted_at=None,
+                pinned_at=None,
+                pinned_by=None,
+            )
+            outcomes[index] = message
+            messages.append(message)
+            if mentions.users or mentions.broadcast:
+                mentioned.append((message, mentions))
+            payload: dict[str, Any] = {"message": events.as_payload(events.message_out(message))}
+            if root is not None:
+                # The conversation row is locked now; the root's row comes after it, as in edits.
+                root.reply_count += 1
+                root.last_reply_at = now
+                payload["thread"] = {
+                    "root_id": str(root.id),
+                    "reply_count": root.reply_count,
+                    "last_reply_at": now.isoformat(),
+                }
+            elif kind is SenderKind.USER and access.is_member:
+                read_up_to[(conversation.id, sender_id)] = seq
+            new_events.append(
+                NewEvent(
+                    events.MESSAGE_CREATED,
+                    events.conversation_stream(conversation.id),
+                    payload,
+                    conversation.workspace_id,
+                )
+            )
+        if messages:
+            await session.execute(
+                insert(Message),
+                [{c.key: getattr(m, c.key) for c in Message.__table__.columns} for m in messages],
+            )
+        for message, mentions in mentioned:
+            await self._record_mentions(session, message, mentions)
+        for index, root in roots.items():
+            reply = outcomes[index]
+            if isinstance(reply, Message) and reply.sender_kind == SenderKind.USER.value:
+                assert reply.sender_id is not None  # noqa: S101 - users have ids
+                await self._follow(session, root.id, reply.sender_id, participant=True)
+            if root.sender_kind == SenderKind.USER.value and root.sender_id is not None:
+                await self._follow(
+                    session, root.id, root.sender_id, participant=True, only_new=True
+                )
+        for (conversation_id, user_id), seq in read_up_to.items():
+            await session.execute(
+                update(ConversationMember)
+                .where(
+                    ConversationMember.conversation_id == conversation_id,
+                    ConversationMember.user_id == user_id,
+                    ConversationMember.last_read_seq < seq,
+                )
+                .values(last_read_seq=seq)
+            )
+        if new_events:
+            await emit_many(session, new_events)
+        for index, original in repeats.items():
+            written = outcomes[original]
+            outcomes[index] = _Replay(written) if isinstance(written, Message) else written
+        assert all(outcome is not None for outcome in outcomes)  # noqa: S101 - each decided
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    async def _valid_root(
+        self, session: AsyncSession, conversation_id: uuid.UUID, root_id: uuid.UUID
+    ) -> Message:
+        root = await session.get(Message, root_id)
+        if root is None or root.conversation_id != conversation_id or root.deleted_at is not None:
+            raise NotFound("No such thread in this conversation.", code="thread_not_found")
+        if root.thread_root_id is not None:
+            raise Problem("Reply to the thread's first message.", code="nested_thread")
+        return root
 
     async def _write_one(self, session: AsyncSession, pending: _PendingSend) -> Message:
         access = await authorize(
@@ -317,11 +522,7 @@ class Messages:
     ) -> Message | None:
         if root_id is None:
             return None
-        root = await session.get(Message, root_id)
-        if root is None or root.conversation_id != conversation_id or root.deleted_at is not None:
-            raise NotFound("No such thread in this conversation.", code="thread_not_found")
-        if root.thread_root_id is not None:
-            raise Problem("Reply to the thread's first message.", code="nested_thread")
+        root = await self._valid_root(session, conversation_id, root_id)
         root.reply_count += 1
         root.last_reply_at = now
         return root
