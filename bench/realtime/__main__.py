@@ -46,6 +46,10 @@ DEFAULT_FRAME_BYTES = 761
 # python-socketio cannot sustain 50 broadcasts/s to 1,000 subscribers (its burst capacity is
 # well below 50,000 deliveries/s), so its paced latency only measures a growing backlog.
 PACED_DEFAULT = ("tidings", "node-sio", "node-ws", "websockets")
+# The latency of the hop to a second process is measured below one process's saturation (at
+# 50/s x 1,000 one scaled process is saturated and its latency is a backlog): 20 broadcasts/s,
+# for one and two scaled processes and, as the reference without Redis, one embedded process.
+SCALED_PACED_RATE = 20.0
 IDLE_DEFAULT = ("tidings", "node-sio", "node-ws", "websockets", "python-socketio")
 
 
@@ -56,7 +60,8 @@ class Plan:
     paced: FanoutParams
     idle_connections: int
     idle_settle: float
-    idle_peer_rounds: int
+    idle_tidings_rounds: int
+    idle_peers: bool
     slow: FanoutParams
     scaled_burst: FanoutParams
     scaled_paced: FanoutParams
@@ -72,10 +77,11 @@ def plan_for(args: argparse.Namespace) -> Plan:
             paced=FanoutParams(n, 100, rate=50, timeout=30),
             idle_connections=1000,
             idle_settle=1.0,
-            idle_peer_rounds=0,
+            idle_tidings_rounds=1,
+            idle_peers=False,
             slow=FanoutParams(n, 400, timeout=60),
             scaled_burst=FanoutParams(n, 50, timeout=60),
-            scaled_paced=FanoutParams(n, 100, rate=50, timeout=30),
+            scaled_paced=FanoutParams(n, 40, rate=SCALED_PACED_RATE, timeout=30),
         )
     else:
         n = args.subscribers or 1000
@@ -85,10 +91,11 @@ def plan_for(args: argparse.Namespace) -> Plan:
             paced=FanoutParams(n, 300, rate=50, timeout=40),
             idle_connections=10_000,
             idle_settle=3.0,
-            idle_peer_rounds=1,
-            slow=FanoutParams(n, 800, timeout=90),
+            idle_tidings_rounds=1,
+            idle_peers=True,
+            slow=FanoutParams(n, 500, timeout=90),
             scaled_burst=FanoutParams(n, 200, timeout=90),
-            scaled_paced=FanoutParams(n, 300, rate=50, timeout=40),
+            scaled_paced=FanoutParams(n, 120, rate=SCALED_PACED_RATE, timeout=40),
         )
     if args.rounds:
         plan = replace(plan, rounds=args.rounds)
@@ -154,26 +161,35 @@ class Runner:
         self.servers = servers
         self.runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
         self.failures: list[str] = []
-
-    def _record(self, scenario: str, key: str, result: dict[str, Any], round_no: int) -> None:
-        result["round"] = round_no
-        self.runs.setdefault(scenario, {}).setdefault(key, []).append(result)
+        self.discarded: list[dict[str, Any]] = []
+        self.retry_busy = True
 
     async def _attempt(
         self, scenario: str, key: str, round_no: int, run: Callable[[], Awaitable[dict[str, Any]]]
     ) -> dict[str, Any] | None:
-        started = time.perf_counter()
-        try:
-            result = await run()
-        except Exception as exc:
-            message = f"{scenario}/{key} round {round_no}: {type(exc).__name__}: {exc}"
-            print(f"  {key:<26} FAILED: {message[:300]}", flush=True)
-            self.failures.append(message)
-            return None
-        result["seconds"] = round(time.perf_counter() - started, 1)
-        self._record(scenario, key, result, round_no)
-        print(f"  {key:<26} {report.run_line(scenario, result)}", flush=True)
-        return result
+        """One measured run; repeated once if other processes were busy during it (the busy
+        run is kept in the JSON under `discarded`)."""
+        for attempt in (1, 2):
+            await machine.QUIET.wait()
+            started = time.perf_counter()
+            try:
+                result = await run()
+            except Exception as exc:
+                message = f"{scenario}/{key} round {round_no}: {type(exc).__name__}: {exc}"
+                print(f"  {key:<26} FAILED: {message[:300]}", flush=True)
+                self.failures.append(message)
+                return None
+            result["seconds"] = round(time.perf_counter() - started, 1)
+            result["round"] = round_no
+            busy = result.get("other_cpu_percent", 0.0) > machine.BUSY_OTHERS_PERCENT
+            if busy and attempt == 1 and self.retry_busy:
+                print(f"  {key:<26} (others busy: {report.run_line(scenario, result)}; again)")
+                self.discarded.append({"scenario": scenario, "key": key, **result})
+                continue
+            self.runs.setdefault(scenario, {}).setdefault(key, []).append(result)
+            print(f"  {key:<26} {report.run_line(scenario, result)}", flush=True)
+            return result
+        return None
 
     def _frame_seen(self, result: dict[str, Any] | None) -> None:
         if result and result.get("frame_bytes") and self.lab.pad == 0:
@@ -201,7 +217,9 @@ class Runner:
 
     async def idle(self, round_no: int) -> None:
         for name in [s for s in self.servers if s in IDLE_DEFAULT]:
-            if name != "tidings" and round_no > self.plan.idle_peer_rounds:
+            if round_no > (self.plan.idle_tidings_rounds if name == "tidings" else 1):
+                continue
+            if name != "tidings" and not self.plan.idle_peers:
                 continue
             await self._attempt(
                 "idle",
@@ -232,24 +250,33 @@ class Runner:
             )
 
     async def scaled(self, round_no: int) -> None:
-        for kind, params in (("burst", self.plan.scaled_burst), ("paced", self.plan.scaled_paced)):
-            for processes in (1, 2):
-                options: dict[str, Any] = {"profile": "scaled", "processes": processes}
-                if processes == 2:
-                    # One process per core; the client floats (there is no third core).
-                    options["cores"] = (SERVER_CORE, CLIENT_CORE)
-                await self._attempt(
-                    "scaled",
-                    f"{kind}, {processes} process{'es' if processes > 1 else ''}",
-                    round_no,
-                    lambda options=options, params=params, processes=processes: scenarios.fanout(  # type: ignore[misc]
-                        self.lab,
-                        "tidings",
-                        params,
-                        tidings=options,
-                        client_core=CLIENT_CORE if processes == 1 else None,
-                    ),
-                )
+        runs: list[tuple[str, FanoutParams, str, int]] = [
+            ("burst", self.plan.scaled_burst, "scaled", 1),
+            ("burst", self.plan.scaled_burst, "scaled", 2),
+            ("paced", self.plan.scaled_paced, "scaled", 1),
+            ("paced", self.plan.scaled_paced, "scaled", 2),
+            ("paced", self.plan.scaled_paced, "embedded", 1),
+        ]
+        for kind, params, profile, processes in runs:
+            options: dict[str, Any] = {"profile": profile, "processes": processes}
+            if processes == 2:
+                # One process per core; the client floats (there is no third core).
+                options["cores"] = (SERVER_CORE, CLIENT_CORE)
+            key = f"{kind}, {processes} process{'es' if processes > 1 else ''}"
+            if profile == "embedded":
+                key = f"{kind}, embedded reference"
+            await self._attempt(
+                "scaled",
+                key,
+                round_no,
+                lambda options=options, params=params, processes=processes: scenarios.fanout(  # type: ignore[misc]
+                    self.lab,
+                    "tidings",
+                    params,
+                    tidings=options,
+                    client_core=CLIENT_CORE if processes == 1 else None,
+                ),
+            )
 
 
 async def _main(args: argparse.Namespace) -> int:
@@ -277,6 +304,7 @@ async def _main(args: argparse.Namespace) -> int:
     }
     info["fd_limit"] = _raise_fd_limit()
     info["taskset"] = TASKSET is not None
+    info["git"] = _git_state()
     print(f"Machine: {machine.summary_line(info)}; load average {info['load_average']}")
     print(
         f"Server pinned to core {SERVER_CORE}, load client to core {CLIENT_CORE}"
@@ -295,6 +323,11 @@ async def _main(args: argparse.Namespace) -> int:
         print(f"Tidings imported from {lab.tidings_src}")
     lab.pad = 0 if "tidings" in servers else DEFAULT_FRAME_BYTES - PEER_PAYLOAD_OVERHEAD
     runner = Runner(lab, plan, servers)
+    # Before each run wait (up to 15 s, 180 s in all) for other processes to go idle; a run
+    # during which they were busy anyway is repeated once.
+    machine.QUIET.max_wait = 0.0 if args.quick else 15.0
+    machine.QUIET.total_budget = 180.0
+    runner.retry_busy = not args.quick
     results: dict[str, Any] = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "quick": args.quick,
@@ -310,7 +343,7 @@ async def _main(args: argparse.Namespace) -> int:
     }
     try:
         await lab.prepare(
-            embedded="tidings" in servers and bool(set(chosen) - {"scaled"}),
+            embedded="tidings" in servers,
             scaled="scaled" in chosen,
         )
         steps = {
@@ -330,6 +363,12 @@ async def _main(args: argparse.Namespace) -> int:
         await lab.cleanup()
     results["runs"] = runner.runs
     results["failures"] = runner.failures
+    results["discarded_busy_runs"] = runner.discarded
+    results["quiet_wait"] = {
+        "max_wait_seconds": machine.QUIET.max_wait,
+        "waited_seconds": round(machine.QUIET.waited, 1),
+        "runs_started_while_busy": machine.QUIET.gave_up,
+    }
     results["peer_payload_bytes"] = lab.pad + PEER_PAYLOAD_OVERHEAD
     results["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     results["elapsed_seconds"] = round(time.perf_counter() - started, 1)
@@ -343,6 +382,27 @@ async def _main(args: argparse.Namespace) -> int:
     path = report.write_json(results, args.output or report.RESULTS_DIR / f"realtime-{stamp}.json")
     print(f"\n{results['elapsed_seconds']} s; results written to {path}")
     return 1 if runner.failures else 0
+
+
+def _git_state() -> dict[str, Any]:
+    import subprocess
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=Path(__file__).parent,
+            ).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "src_changed": bool(git("status", "--porcelain", "--", "../../src/tidings/realtime")),
+    }
 
 
 def _version(package: str) -> str | None:

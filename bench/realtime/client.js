@@ -381,7 +381,8 @@ async function main() {
     }
   }
   out(result);
-  process.exit(0);
+  // Stay alive (connections open) until the harness has read this process's CPU time and
+  // ends it.
 }
 
 main().catch((err) => {

@@ -190,10 +190,14 @@ async def idle(
         config = ClientConfig(mode="idle", n=connections, warmup=0, timeout_s=timeout)
         log = lab.tmp / f"client-idle-{name}-{time.monotonic_ns()}.log"
         client = await LoadClient.start(config.for_server(running), log)
+        window = Window(running.pids, client.pid, running.database)
+        window.start()
+        started = time.perf_counter()
         try:
             ready = await client.ready(timeout)
             await asyncio.sleep(settle)
             after = rss(running)
+            cpu = window.stop(time.perf_counter() - started)
         finally:
             await client.stop()
         opened = connections - ready["failed"]
@@ -208,4 +212,5 @@ async def idle(
             "rss_before_mb": round(before / 2**20, 1),
             "rss_after_mb": round(after / 2**20, 1),
             "kb_per_connection": round((after - before) / 1024 / opened, 2) if opened else None,
+            **cpu,
         }
