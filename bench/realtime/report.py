@@ -378,6 +378,18 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
                 _verdict(hop["median"] <= REDIS_HOP_P50_MS) if hop["median"] is not None else "n/a",
             )
         )
+    if "split_p50_ms" in s:
+        rows.append(
+            Row(
+                "scaled: p50 of all subscribers, 2 processes vs 1",
+                _spread_text(s["split_p50_ms"], " ms", 2),
+                f"1 process {_fmt(scaled['paced, 1 process']['p50_ms']['median'], ' ms')}; "
+                f"2 processes {_fmt(scaled['paced, 2 processes']['p50_ms']['median'], ' ms')}",
+                "-",
+                "info",
+                "info",
+            )
+        )
     if "scaled_vs_embedded_p50_ms" in s:
         reference = scaled["paced, embedded reference"]
         rows.append(
@@ -453,6 +465,7 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def render_markdown(results: dict[str, Any]) -> str:
+    results = {**results, "summary": summarise(results)}
     rows = build_rows(results)
     parts = [
         _md_table(
