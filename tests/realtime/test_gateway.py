@@ -88,6 +88,20 @@ async def test_two_people_chat_live(live: LiveServer) -> None:
     assert again["data"]["created"] is False
 
 
+async def test_a_burst_arrives_whole_and_in_order(live: LiveServer) -> None:
+    # Sends committed together reach each subscriber as one write of several frames.
+    ada, bob, _, general = await _team(live)
+    bob_ws = await live.connect(bob)
+    stream = f"conversation:{general}"
+    start = bob_ws.hello["positions"][stream]
+    await asyncio.gather(*(_send(live, ada, general, f"burst {i}") for i in range(30)))
+    seqs: list[int] = []
+    while len(seqs) < 30:
+        frame = await bob_ws.expect("event", lambda f: f.get("event") == "message.created")
+        seqs.append(frame["seq"])
+    assert seqs == list(range(start + 1, start + 31))
+
+
 async def test_events_of_every_kind_reach_members(live: LiveServer) -> None:
     ada, bob, _, general = await _team(live)
     bob_ws = await live.connect(bob)

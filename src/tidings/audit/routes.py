@@ -16,7 +16,7 @@ from tidings.identity.workspaces import Access
 router = APIRouter(tags=["audit"])
 
 
-def _filters(
+async def _filters(
     action: Annotated[list[str] | None, Query(max_length=20)] = None,
     actor_id: Annotated[str | None, Query(max_length=64)] = None,
     target_id: Annotated[str | None, Query(max_length=64)] = None,

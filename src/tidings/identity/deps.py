@@ -20,7 +20,11 @@ from tidings.infra.ratelimit import Rate, enforce
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="tidings"'}
 
 
-def get_identity(request: Request) -> Identity:
+# Every dependency is `async def`, even when it awaits nothing: FastAPI runs plain functions in
+# a worker thread, a thread hop (and GIL hand-off) per dependency per request.
+
+
+async def get_identity(request: Request) -> Identity:
     identity: Identity = request.app.state.runtime.identity
     return identity
 
@@ -28,7 +32,7 @@ def get_identity(request: Request) -> Identity:
 IdentityDep = Annotated[Identity, Depends(get_identity)]
 
 
-def client_info(request: Request) -> ClientInfo:
+async def client_info(request: Request) -> ClientInfo:
     return ClientInfo(
         ip=request.client.host if request.client else None,
         user_agent=request.headers.get("user-agent"),

@@ -29,7 +29,7 @@ from tidings.messaging.schemas import (
 )
 
 
-def get_messaging(request: Request) -> Messaging:
+async def get_messaging(request: Request) -> Messaging:
     messaging: Messaging = request.app.state.runtime.messaging
     return messaging
 

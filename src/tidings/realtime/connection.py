@@ -160,6 +160,19 @@ class WebSocketConnection(asyncio.Protocol):
             return
         self.write_frame(ws_frame, ephemeral)
 
+    def deliver_run(
+        self,
+        room: str,
+        items: list[tuple[int | None, bytes]],
+        ws_frames: list[bytes],
+        joined: bytes,
+    ) -> None:
+        if self.pending is None and not self.closing:
+            self.write_frame(joined, False)
+            return
+        for (seq, frame), ws_frame in zip(items, ws_frames, strict=True):
+            self.deliver(room, seq, frame, ws_frame, False)
+
     def deliver_now(
         self, room: str, seq: int | None, frame: bytes, ws_frame: bytes, ephemeral: bool
     ) -> None:

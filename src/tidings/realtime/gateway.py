@@ -628,20 +628,36 @@ class Gateway:
         metrics.REALTIME_DELIVERIES.inc(self.hub.delivered - delivered)
 
     def _route(self, data: bytes) -> None:
-        for meta, frame in protocol.unpack_items(data):
-            room = meta["room"]
-            event = meta.get("event")
-            if event == messaging_events.MEMBER_JOINED:
-                self._membership(room, meta.get("users", ()), join=True)
-            self.hub.fanout(
-                room,
-                meta.get("seq"),
-                frame,
-                ephemeral=bool(meta.get("eph")),
-                exclude_user=uuid.UUID(meta["except"]) if meta.get("except") else None,
-            )
-            if event == messaging_events.MEMBER_LEFT:
-                self._membership(room, meta.get("users", ()), join=False)
+        items = protocol.unpack_items(data)
+        start = 0
+        while start < len(items):
+            # A run of plain events of one room (a burst committed together) goes to each
+            # subscriber as one write: one syscall per subscriber per run, not per event.
+            end = start
+            while end < len(items) and _plain(items[end][0], items[start][0]["room"]):
+                end += 1
+            if end - start > 1:
+                run = items[start:end]
+                self.hub.fanout_run(run[0][0]["room"], [(m.get("seq"), f) for m, f in run])
+                start = end
+                continue
+            self._route_one(*items[start])
+            start += 1
+
+    def _route_one(self, meta: dict[str, Any], frame: bytes) -> None:
+        room = meta["room"]
+        event = meta.get("event")
+        if event == messaging_events.MEMBER_JOINED:
+            self._membership(room, meta.get("users", ()), join=True)
+        self.hub.fanout(
+            room,
+            meta.get("seq"),
+            frame,
+            ephemeral=bool(meta.get("eph")),
+            exclude_user=uuid.UUID(meta["except"]) if meta.get("except") else None,
+        )
+        if event == messaging_events.MEMBER_LEFT:
+            self._membership(room, meta.get("users", ()), join=False)
 
     def _membership(self, room: str, users: Sequence[str], *, join: bool) -> None:
         for subscriber in self.hub.connections_of(uuid.UUID(u) for u in users):
@@ -717,6 +733,15 @@ def parse_positions(raw: str | None) -> dict[str, int] | None:
     ):
         raise ValueError("not an object of stream to seq")
     return {str(stream): seq for stream, seq in value.items()}
+
+
+def _plain(meta: dict[str, Any], room: str) -> bool:
+    return (
+        meta["room"] == room
+        and not meta.get("eph")
+        and not meta.get("except")
+        and meta.get("event") not in _MEMBERSHIP_EVENTS
+    )
 
 
 def _gone(subscriber: RealtimeSubscriber) -> bool:

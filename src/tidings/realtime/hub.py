@@ -22,6 +22,14 @@ class Subscriber(Protocol):
         self, room: str, seq: int | None, frame: bytes, ws_frame: bytes, ephemeral: bool
     ) -> None: ...
 
+    def deliver_run(
+        self,
+        room: str,
+        items: list[tuple[int | None, bytes]],
+        ws_frames: list[bytes],
+        joined: bytes,
+    ) -> None: ...
+
 
 class Hub:
     def __init__(self) -> None:
@@ -79,6 +87,19 @@ class Hub:
             if subscriber.user_id != exclude_user:
                 subscriber.deliver(room, seq, frame, ws_frame, ephemeral)
                 count += 1
+        self.delivered += count
+        return count
+
+    def fanout_run(self, room: str, items: list[tuple[int | None, bytes]]) -> int:
+        """Several plain events of one room: each subscriber gets them in one write."""
+        members = self.rooms.get(room)
+        if not members:
+            return 0
+        ws_frames = [ws_text(frame) for _, frame in items]
+        joined = b"".join(ws_frames)
+        count = len(members) * len(items)
+        for subscriber in tuple(members):
+            subscriber.deliver_run(room, items, ws_frames, joined)
         self.delivered += count
         return count
 

@@ -25,7 +25,7 @@ router = APIRouter(prefix="/api/v1/realtime", tags=["realtime"])
 presence_router = APIRouter(prefix="/api/v1/workspaces/{workspace_id}", tags=["realtime"])
 
 
-def get_gateway(request: Request) -> Gateway:
+async def get_gateway(request: Request) -> Gateway:
     gateway: Gateway | None = request.app.state.runtime.realtime
     if gateway is None:  # pragma: no cover - every `serve` process has one
         raise Problem("This process serves no realtime gateway.", status=503, code="unavailable")

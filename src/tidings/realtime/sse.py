@@ -36,6 +36,16 @@ class SseSubscriber:
             return
         self._enqueue(frame, room, seq, ephemeral)
 
+    def deliver_run(
+        self,
+        room: str,
+        items: list[tuple[int | None, bytes]],
+        ws_frames: list[bytes],
+        joined: bytes,
+    ) -> None:
+        for (seq, frame), ws_frame in zip(items, ws_frames, strict=True):
+            self.deliver(room, seq, frame, ws_frame, False)
+
     def deliver_now(
         self, room: str, seq: int | None, frame: bytes, ws_frame: bytes, ephemeral: bool
     ) -> None:

@@ -14,7 +14,7 @@ from tidings.search.service import MAX_PAGE, Search
 MAX_QUERY_CHARS = 500
 
 
-def get_search(request: Request) -> Search:
+async def get_search(request: Request) -> Search:
     search: Search = request.app.state.runtime.search
     return search
 
