@@ -83,6 +83,16 @@ class Sent:
 
 
 @dataclass(frozen=True)
+class _Ready:
+    """A send that passed every check: what `_insert` writes."""
+
+    access: ConversationAccess
+    draft: Draft
+    sender: Sender
+    root: Message | None
+
+
+@dataclass(frozen=True)
 class _PendingSend:
     principal: Principal
     conversation_id: uuid.UUID
@@ -209,9 +219,8 @@ class Messages:
     async def _write_isolated(self, session: AsyncSession, pending: _PendingSend) -> Outcome:
         try:
             async with session.begin_nested():
-                return await self._write_one(session, pending)
-        except _Replay as replay:
-            return replay
+                [outcome] = await self._write_bulk(session, [pending])
+                return outcome
         except Exception as failure:  # rolled back to its savepoint: only this send fails
             return failure
 
@@ -228,8 +237,14 @@ class Messages:
             key = (pending.principal.kind, pending.principal.actor_id, pending.conversation_id)
             if key not in accesses:
                 try:
+                    # The conversation's row lock first (sorted batch: one order everywhere), so
+                    # the client_id check below sees what a concurrent sender committed.
                     accesses[key] = await authorize(
-                        session, pending.principal, pending.conversation_id, ConversationAction.POST
+                        session,
+                        pending.principal,
+                        pending.conversation_id,
+                        ConversationAction.POST,
+                        lock=True,
                     )
                 except Problem as problem:
                     accesses[key] = problem
@@ -282,11 +297,31 @@ class Messages:
                 first[client_key] = index
             fresh.append(index)
 
+        ready: list[_Ready] = []
+        for index in fresh:
+            pending = batch[index]
+            key = (pending.principal.kind, pending.principal.actor_id, pending.conversation_id)
+            access = accesses[key]
+            assert isinstance(access, ConversationAccess)  # noqa: S101 - refusals left above
+            kind, sender_id = _sender(pending.principal)
+            sender = Sender(kind, sender_id, access.caller_name)
+            ready.append(_Ready(access, pending.draft, sender, roots.get(index)))
+        for index, message in zip(fresh, await self._insert(session, ready), strict=True):
+            outcomes[index] = message
+        for index, original in repeats.items():
+            written = outcomes[original]
+            outcomes[index] = _Replay(written) if isinstance(written, Message) else written
+        assert all(outcome is not None for outcome in outcomes)  # noqa: S101 - each decided
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    async def _insert(self, session: AsyncSession, ready: list[_Ready]) -> list[Message]:
+        """Write decided sends: one sequence allocation per conversation (its row is locked),
+        one INSERT for the messages, one for their events."""
         now = utcnow()
         # Sequences: one UPDATE … RETURNING per conversation, in sorted order (G2).
         counts: dict[uuid.UUID, int] = defaultdict(int)
-        for index in fresh:
-            counts[batch[index].conversation_id] += 1
+        for item in ready:
+            counts[item.access.conversation.id] += 1
         next_seq: dict[uuid.UUID, int] = {}
         for conversation_id in sorted(counts, key=lambda c: c.bytes):
             last: int = (
@@ -306,29 +341,22 @@ class Messages:
         mentioned: list[tuple[Message, Mentions]] = []
         read_up_to: dict[tuple[uuid.UUID, uuid.UUID], int] = {}
         new_events: list[NewEvent] = []
-        for index in fresh:
-            pending = batch[index]
-            access = accesses[
-                (pending.principal.kind, pending.principal.actor_id, pending.conversation_id)
-            ]
-            assert isinstance(access, ConversationAccess)  # noqa: S101 - refusals left above
-            conversation = access.conversation
-            kind, sender_id = _sender(pending.principal)
+        for item in ready:
+            conversation, sender, root = item.access.conversation, item.sender, item.root
             seq = next_seq[conversation.id]
             next_seq[conversation.id] = seq + 1
-            mentions = parse_mentions(pending.draft.body)
-            root = roots.get(index)
+            mentions = parse_mentions(item.draft.body)
             message = Message(
                 id=new_id(),
                 conversation_id=conversation.id,
                 workspace_id=conversation.workspace_id,
                 seq=seq,
-                sender_kind=kind.value,
-                sender_id=sender_id,
-                sender_name=access.caller_name,
-                body=pending.draft.body,
-                client_id=pending.draft.client_id,
-                fingerprint=pending.draft.fingerprint if pending.draft.client_id else None,
+                sender_kind=sender.kind.value,
+                sender_id=sender.id,
+                sender_name=sender.name,
+                body=item.draft.body,
+                client_id=item.draft.client_id,
+                fingerprint=item.draft.fingerprint if item.draft.client_id else None,
                 mentions=mentions.as_dict(),
                 thread_root_id=root.id if root else None,
                 reply_count=0,
@@ -339,7 +367,6 @@ class Messages:
                 pinned_at=None,
                 pinned_by=None,
             )
-            outcomes[index] = message
             messages.append(message)
             if mentions.users or mentions.broadcast:
                 mentioned.append((message, mentions))
@@ -353,8 +380,8 @@ class Messages:
                     "reply_count": root.reply_count,
                     "last_reply_at": now.isoformat(),
                 }
-            elif kind is SenderKind.USER and access.is_member:
-                read_up_to[(conversation.id, sender_id)] = seq
+            elif sender.kind is SenderKind.USER and item.access.is_member and sender.id:
+                read_up_to[(conversation.id, sender.id)] = seq
             new_events.append(
                 NewEvent(
                     events.MESSAGE_CREATED,
@@ -363,18 +390,20 @@ class Messages:
                     conversation.workspace_id,
                 )
             )
-        if messages:
-            await session.execute(
-                insert(Message),
-                [{c.key: getattr(m, c.key) for c in Message.__table__.columns} for m in messages],
-            )
+        if not messages:
+            return messages
+        await session.execute(
+            insert(Message),
+            [{c.key: getattr(m, c.key) for c in Message.__table__.columns} for m in messages],
+        )
         for message, mentions in mentioned:
             await self._record_mentions(session, message, mentions)
-        for index, root in roots.items():
-            reply = outcomes[index]
-            if isinstance(reply, Message) and reply.sender_kind == SenderKind.USER.value:
-                assert reply.sender_id is not None  # noqa: S101 - users have ids
-                await self._follow(session, root.id, reply.sender_id, participant=True)
+        for message, item in zip(messages, ready, strict=True):
+            root = item.root
+            if root is None:
+                continue
+            if message.sender_kind == SenderKind.USER.value and message.sender_id is not None:
+                await self._follow(session, root.id, message.sender_id, participant=True)
             if root.sender_kind == SenderKind.USER.value and root.sender_id is not None:
                 await self._follow(
                     session, root.id, root.sender_id, participant=True, only_new=True
@@ -389,13 +418,8 @@ class Messages:
                 )
                 .values(last_read_seq=seq)
             )
-        if new_events:
-            await emit_many(session, new_events)
-        for index, original in repeats.items():
-            written = outcomes[original]
-            outcomes[index] = _Replay(written) if isinstance(written, Message) else written
-        assert all(outcome is not None for outcome in outcomes)  # noqa: S101 - each decided
-        return [outcome for outcome in outcomes if outcome is not None]
+        await emit_many(session, new_events)
+        return messages
 
     async def _valid_root(
         self, session: AsyncSession, conversation_id: uuid.UUID, root_id: uuid.UUID
@@ -407,15 +431,6 @@ class Messages:
             raise Problem("Reply to the thread's first message.", code="nested_thread")
         return root
 
-    async def _write_one(self, session: AsyncSession, pending: _PendingSend) -> Message:
-        access = await authorize(
-            session, pending.principal, pending.conversation_id, ConversationAction.POST
-        )
-        kind, sender_id = _sender(pending.principal)
-        return await self._write(
-            session, access, pending.draft, Sender(kind, sender_id, access.caller_name)
-        )
-
     async def post_system(self, conversation_id: uuid.UUID, body: str) -> MessageOut:
         """A message from Tidings itself (welcome messages, notices)."""
         async with self._db.transaction() as session:
@@ -424,108 +439,8 @@ class Messages:
                 raise conversation_not_found()
             access = ConversationAccess(conversation, None, None, SYSTEM_SENDER_NAME)
             sender = Sender(SenderKind.SYSTEM, None, SYSTEM_SENDER_NAME)
-            return events.message_out(await self._write(session, access, Draft(body), sender))
-
-    async def _write(
-        self,
-        session: AsyncSession,
-        access: ConversationAccess,
-        draft: Draft,
-        sender: Sender,
-    ) -> Message:
-        """Write one message and its event in the caller's transaction."""
-        conversation = access.conversation
-        if conversation.archived_at is not None:
-            raise Conflict("The conversation is archived.", code="conversation_archived")
-        sender_kind, sender_id = sender.kind, sender.id
-        now = utcnow()
-        # The row lock on the conversation orders its senders: sequences are gap-free and
-        # commit in order (G2). Taken before the client_id check so duplicates serialise too.
-        seq: int = (
-            await session.execute(
-                update(Conversation)
-                .where(Conversation.id == conversation.id)
-                .values(last_seq=Conversation.last_seq + 1, last_message_at=now)
-                .returning(Conversation.last_seq)
-            )
-        ).scalar_one()
-        if draft.client_id is not None:
-            existing = await session.scalar(
-                select(Message).where(
-                    Message.conversation_id == conversation.id,
-                    Message.sender_id == sender_id,
-                    Message.client_id == draft.client_id,
-                )
-            )
-            if existing is not None:
-                raise _Replay(existing)
-        root = await self._thread_root(session, conversation.id, draft.thread_root_id, now)
-        mentions = parse_mentions(draft.body)
-        message = Message(
-            id=new_id(),
-            conversation_id=conversation.id,
-            workspace_id=conversation.workspace_id,
-            seq=seq,
-            sender_kind=sender_kind.value,
-            sender_id=sender_id,
-            sender_name=sender.name,
-            body=draft.body,
-            client_id=draft.client_id,
-            fingerprint=draft.fingerprint if draft.client_id else None,
-            mentions=mentions.as_dict(),
-            thread_root_id=root.id if root else None,
-            reply_count=0,
-            created_at=now,
-        )
-        session.add(message)
-        await session.flush()
-        await self._record_mentions(session, message, mentions)
-        if sender_kind is SenderKind.USER and access.is_member and root is None:
-            await session.execute(
-                update(ConversationMember)
-                .where(
-                    ConversationMember.conversation_id == conversation.id,
-                    ConversationMember.user_id == sender_id,
-                    ConversationMember.last_read_seq < seq,
-                )
-                .values(last_read_seq=seq)
-            )
-        payload: dict[str, Any] = {"message": events.as_payload(events.message_out(message))}
-        if root is not None:
-            if sender_kind is SenderKind.USER:
-                assert sender_id is not None  # noqa: S101 - users have ids
-                await self._follow(session, root.id, sender_id, participant=True)
-            if root.sender_kind == SenderKind.USER.value and root.sender_id is not None:
-                await self._follow(
-                    session, root.id, root.sender_id, participant=True, only_new=True
-                )
-            payload["thread"] = {
-                "root_id": str(root.id),
-                "reply_count": root.reply_count,
-                "last_reply_at": now.isoformat(),
-            }
-        await emit(
-            session,
-            events.MESSAGE_CREATED,
-            stream_key=events.conversation_stream(conversation.id),
-            workspace_id=conversation.workspace_id,
-            payload=payload,
-        )
-        return message
-
-    async def _thread_root(
-        self,
-        session: AsyncSession,
-        conversation_id: uuid.UUID,
-        root_id: uuid.UUID | None,
-        now: Any,
-    ) -> Message | None:
-        if root_id is None:
-            return None
-        root = await self._valid_root(session, conversation_id, root_id)
-        root.reply_count += 1
-        root.last_reply_at = now
-        return root
+            [message] = await self._insert(session, [_Ready(access, Draft(body), sender, None)])
+            return events.message_out(message)
 
     async def _record_mentions(
         self, session: AsyncSession, message: Message, mentions: Mentions
