@@ -15,8 +15,11 @@ $(UV):
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet "uv==$(UV_VERSION)"
 
+# Bytecode is compiled at install: with PYTHONDONTWRITEBYTECODE set (as on CI machines) every
+# start would otherwise compile all of it again, seconds before `serve` answers.
 $(VENV)/.installed: $(UV) pyproject.toml uv.lock
-	$(UV) sync --frozen --all-groups
+	$(UV) sync --frozen --all-groups --compile-bytecode
+	$(VENV)/bin/python -m compileall -q src
 	touch $@
 
 install: $(VENV)/.installed
@@ -24,25 +27,37 @@ install: $(VENV)/.installed
 run: install
 	$(VENV)/bin/tidings serve
 
+# The browser tests (tests/web) drive Debian's Chromium; Playwright's browser download is never used.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+$(CHROMIUM):
+	@echo "Installing Debian's chromium for the browser tests"
+	@export DEBIAN_FRONTEND=noninteractive; \
+	$(SUDO) apt-get install -y -qq chromium >/dev/null 2>&1 \
+	|| { $(SUDO) apt-get update -qq >/dev/null && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
 # The whole suite, on both profiles: embedded (SQLite, in-process) and scaled (PostgreSQL + Redis).
-test: install
+test: install $(CHROMIUM)
 	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
-test-sqlite: install
+test-sqlite: install $(CHROMIUM)
 	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadgroup --profiles embedded
 
-test-scaled: install
+test-scaled: install $(CHROMIUM)
 	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadgroup --profiles scaled
 
 # The realtime bench's Node load client and peer servers (node_modules is not committed).
 bench/node_modules/.package-lock.json: bench/package.json bench/package-lock.json
-	cd bench && npm ci --no-audit --no-fund --loglevel=error
+	# npm 11 can call its own platform-pruned lock out of sync; npm install keeps the pinned versions.
+	cd bench && (npm ci --no-audit --no-fund --loglevel=error || npm install --no-audit --no-fund --loglevel=error)
 
 bench: install bench/node_modules/.package-lock.json
 	$(VENV)/bin/python -m bench
 	$(VENV)/bin/python -m bench.auth
 	$(VENV)/bin/python -m bench.realtime
 	$(VENV)/bin/python -m bench.ingest
+	$(VENV)/bin/python -m bench.delivery
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench

@@ -69,6 +69,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--producers", type=int, default=16, help="outbox producer tasks")
     parser.add_argument("--streams", type=int, default=8, help="outbox streams written")
     parser.add_argument(
+        "--outbox-mode",
+        choices=("auto", "inline", "processes"),
+        default="auto",
+        help="where the outbox producers run: in the bench process (inline), in producer "
+        "processes with only the dispatcher in the bench process (processes), or auto: "
+        "inline for embedded (one process by design), processes for scaled",
+    )
+    parser.add_argument(
+        "--producer-processes", type=int, default=4, help="outbox producer processes"
+    )
+    parser.add_argument(
+        "--outbox-drain",
+        type=_csv(int),
+        help="dispatcher batch sizes for the drain measurement (default 1,20,500; 0 skips it)",
+    )
+    parser.add_argument(
         "--loop",
         choices=("asyncio", "uvloop"),
         default="asyncio",
@@ -98,7 +114,7 @@ def _configure_logging() -> None:
 async def _main(args: argparse.Namespace) -> int:
     from bench import machine, report
     from bench.jobs import JobParams, run_jobs
-    from bench.outbox import OutboxParams, run_outbox
+    from bench.outbox import OutboxParams, run_drain, run_outbox
     from bench.profiles import (
         POSTGRES_ADMIN_DSN,
         PROFILE_LABELS,
@@ -129,6 +145,8 @@ async def _main(args: argparse.Namespace) -> int:
         streams=args.streams,
         drain_timeout=5.0 if quick else 15.0,
         refine=not quick,
+        mode=args.outbox_mode,
+        producer_processes=args.producer_processes,
     )
     job_params = JobParams(
         jobs=args.jobs or (500 if quick else 5000),
@@ -162,17 +180,39 @@ async def _main(args: argparse.Namespace) -> int:
         if "outbox" in args.sections:
             print(
                 f"\n== Outbox: {outbox_params.producers} producers, {outbox_params.streams} "
-                f"streams, one event per transaction, {outbox_params.step_seconds:g} s per step"
+                f"streams, one event per transaction, {outbox_params.step_seconds:g} s per step; "
+                + ", ".join(
+                    f"{p}: {outbox_params.mode_for(p)}"
+                    + (
+                        f" ({outbox_params.producer_processes} producer processes)"
+                        if outbox_params.mode_for(p) == "processes"
+                        else ""
+                    )
+                    for p in profiles
+                )
             )
             results["outbox_parameters"] = {
                 "rates": list(outbox_params.rates),
                 "step_seconds": outbox_params.step_seconds,
                 "producers": outbox_params.producers,
                 "streams": outbox_params.streams,
+                "modes": {p: outbox_params.mode_for(p) for p in profiles},
+                "producer_processes": outbox_params.producer_processes,
             }
             results["outbox"] = {
                 profile: await run_outbox(stores, profile, outbox_params) for profile in profiles
             }
+            drain_sizes = [n for n in (args.outbox_drain or [1, 20, 500]) if n > 0]
+            if drain_sizes:
+                drain_events = 1000 if quick else 3000
+                print(
+                    f"\n== Outbox drain: {drain_events} committed events, then the dispatcher "
+                    "alone (no producers)"
+                )
+                results["outbox_drain"] = {
+                    profile: await run_drain(stores, profile, drain_events, drain_sizes)
+                    for profile in profiles
+                }
         if "jobs" in args.sections:
             print(
                 f"\n== Jobs: {job_params.jobs} no-op jobs, concurrency {job_params.concurrency}, "

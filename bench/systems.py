@@ -4,8 +4,10 @@ All three run on the same event loop as the enqueuers, with the same worker conc
 no-op job that only records when it started:
 
 * Tidings: ``Runtime(settings, role="worker")`` on a fresh deployment of one profile; each job
-  is enqueued with ``jobs.service.enqueue`` in its own ``db.transaction()``, as an application
-  would; the store is the ``jobs`` table (SQLite or PostgreSQL).
+  is enqueued with ``jobs.service.submit(db, ...)``, the call an application makes for a job
+  that is not part of a business transaction (concurrent calls share a transaction); the batch
+  variant enqueues with ``jobs.service.enqueue(session, ...)`` inside one ``db.transaction()``.
+  The store is the ``jobs`` table (SQLite or PostgreSQL).
 * SAQ: ``Queue.from_url(redis_url, name=...)`` and ``Worker(queue, functions, concurrency=...)``
   started with ``worker.start()``, enqueued with ``queue.enqueue(...)``, as SAQ's README shows.
 * arq: ``create_pool(RedisSettings)`` + ``enqueue_job(...)``, and
@@ -33,7 +35,7 @@ from bench.harness import Recorder, poll_until
 from bench.profiles import Deployment
 from tidings.jobs.models import ACTIVE_STATUSES, Job
 from tidings.jobs.registry import JobContext, JobRegistry
-from tidings.jobs.service import enqueue
+from tidings.jobs.service import enqueue, submit
 from tidings.runtime import Runtime
 
 NOOP_JOB = "bench.noop"
@@ -61,8 +63,7 @@ class TidingsSystem:
         await self.runtime.stop()
 
     async def enqueue(self, index: int) -> None:
-        async with self.runtime.db.transaction() as session:
-            await enqueue(session, NOOP_JOB, {"i": index})
+        await submit(self.runtime.db, NOOP_JOB, {"i": index})
 
     async def enqueue_many(self, indices: Sequence[int]) -> None:
         """The batch variant: many jobs in one transaction (e.g. one per recipient)."""

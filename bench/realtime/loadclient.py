@@ -25,11 +25,13 @@ def ensure_node_modules() -> None:
     if stamp.exists() and stamp.stat().st_mtime >= lock.stat().st_mtime:
         return
     print("Installing the load client's npm dependencies (npm ci in bench/)...", flush=True)
-    subprocess.run(
-        ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-        cwd=BENCH_DIR,
-        check=True,
-    )
+    flags = ["--no-audit", "--no-fund", "--loglevel=error"]
+    if subprocess.run(["npm", "ci", *flags], cwd=BENCH_DIR, check=False).returncode != 0:
+        # npm 11 writes locks holding only this platform's optional packages (msgpackr's
+        # native builds, through bullmq), which its own `npm ci` then calls out of sync.
+        # `npm install` takes the same pinned versions from the lock and fills the gap.
+        print("npm ci refused the lock file; installing with npm install instead", flush=True)
+        subprocess.run(["npm", "install", *flags], cwd=BENCH_DIR, check=True)
 
 
 @dataclass

@@ -12,6 +12,8 @@ from starlette.middleware.cors import CORSMiddleware
 from tidings import __version__
 from tidings.audit.routes import router as audit_router
 from tidings.db import migrate
+from tidings.delivery.routes import routers as delivery_routers
+from tidings.delivery.template_routes import templates_router
 from tidings.http.middleware import BodyGuardMiddleware, RequestContextMiddleware
 from tidings.http.problems import install_problem_handlers
 from tidings.identity.routes import routers as identity_routers
@@ -24,6 +26,7 @@ from tidings.runtime import Runtime
 from tidings.search.routes import router as search_router
 from tidings.settings import Profile, Settings, load_settings
 from tidings.system.routes import router as system_router
+from tidings.web import mount_web
 
 _log = get_logger(__name__)
 
@@ -82,12 +85,22 @@ def create_app(
     for router in messaging_routers:
         app.include_router(router)
     app.include_router(search_router)
+    for router in delivery_routers:
+        app.include_router(router)
+    app.include_router(templates_router)
     app.include_router(realtime_router)
     app.include_router(presence_router)
     for router in routers:
         app.include_router(router)
+    # The web app last: its shell routes and static files never shadow an API path.
+    mount_web(app)
     # Added last = outermost: request ids wrap everything, including CORS preflights.
-    app.add_middleware(BodyGuardMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyGuardMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        # Providers post their status reports as forms (Twilio, Mailgun), not JSON.
+        other_media_prefixes=("/api/v1/callbacks/",),
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -1,21 +1,28 @@
-"""`tidings` command line: serve, worker, migrate, check, version."""
+"""`tidings` command line: serve, worker, migrate, check, keys, version."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
 import sys
-from typing import Annotated, NoReturn
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 import uvicorn
+from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
 from tidings import __version__
 from tidings.db import migrate as migrations
 from tidings.infra.logging import configure_logging
-from tidings.settings import Profile, Settings, SettingsError, load_settings
+from tidings.settings import Profile, Settings, SettingsError, decode_master_key, load_settings
+
+if TYPE_CHECKING:
+    from tidings.infra.crypto import KeyInfo, Keyring, RewrapReport, RotationReport
 
 app = typer.Typer(
     name="tidings",
@@ -159,6 +166,141 @@ async def _probe(settings: Settings) -> dict[str, str]:
         finally:
             await client.aclose()
     return results
+
+
+keys_app = typer.Typer(
+    help="The keyring that encrypts stored credentials (see docs/security.md).",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
+BatchSize = Annotated[int, typer.Option(min=1, max=10_000, help="Records per transaction")]
+
+
+@keys_app.command("rotate")
+def keys_rotate(batch_size: BatchSize = 200) -> None:
+    """Add a keyring key, make it primary, re-wrap every record to it; no downtime."""
+    settings = _settings()
+
+    async def run() -> RotationReport:
+        from tidings.infra.crypto import rotate_keys
+
+        async with _keyring(settings) as keyring:
+            return await rotate_keys(keyring, batch_size=batch_size)
+
+    report = asyncio.run(run())
+    console.print(f"new primary key {report.new_key_id}")
+    _print_rewrap(report.rewrap, report.elapsed_ms)
+
+
+@keys_app.command("rewrap")
+def keys_rewrap(batch_size: BatchSize = 200) -> None:
+    """Finish re-wrapping records to the current primary key (after an interrupted rotate)."""
+    settings = _settings()
+
+    async def run() -> RewrapReport:
+        from tidings.infra.crypto import rewrap_all
+
+        async with _keyring(settings) as keyring:
+            return await rewrap_all(keyring, batch_size=batch_size)
+
+    report = asyncio.run(run())
+    _print_rewrap(report, report.elapsed_ms)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Keyring keys: id, primary, created, retired, how many records each one wraps."""
+    settings = _settings()
+
+    async def run() -> list[KeyInfo]:
+        from tidings.infra.crypto import list_keys
+
+        async with _keyring(settings) as keyring:
+            return await list_keys(keyring.db)
+
+    # Plain columns, never truncated: ids are copied from here.
+    row = "{:<20}  {:<7}  {:<16}  {:<16}  {:>7}"
+    typer.echo(row.format("id", "primary", "created (UTC)", "retired (UTC)", "records"))
+    for key in asyncio.run(run()):
+        typer.echo(
+            row.format(
+                key.id,
+                "yes" if key.is_primary else "",
+                f"{key.created_at:%Y-%m-%d %H:%M}",
+                f"{key.retired_at:%Y-%m-%d %H:%M}" if key.retired_at else "",
+                key.records,
+            )
+        )
+
+
+@keys_app.command("rewrap-root")
+def keys_rewrap_root(
+    old_key_file: Annotated[
+        Path,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="File holding the previous TIDINGS_MASTER_KEY (base64url)",
+        ),
+    ],
+) -> None:
+    """Re-wrap the keyring from the old root key (file) to TIDINGS_MASTER_KEY (the new one)."""
+    settings = _settings()
+    try:
+        old_root = decode_master_key(SecretStr(old_key_file.read_text(encoding="utf-8")))
+    except ValueError as exc:
+        _die(f"{old_key_file}: {str(exc).replace('TIDINGS_MASTER_KEY', 'the old key')}")
+
+    async def run() -> int:
+        from tidings.infra.crypto import change_root_key
+
+        async with _keyring(settings) as keyring:
+            return await change_root_key(keyring.db, old_root, _root_key(settings))
+
+    changed = asyncio.run(run())
+    console.print(f"{changed} keyring keys re-wrapped under the new root key")
+
+
+def _root_key(settings: Settings) -> bytes:
+    assert settings.master_key is not None  # noqa: S101 - load_settings fills or requires it
+    return decode_master_key(settings.master_key)
+
+
+@asynccontextmanager
+async def _keyring(settings: Settings) -> AsyncIterator[Keyring]:
+    """A keyring on its own small engine; a refusal (wrong root key …) exits 1 with its reason."""
+    from tidings.db.database import Database
+    from tidings.infra.crypto import Keyring, SecretUnavailable
+
+    db = Database(settings.effective_database_url, pool_size=2)
+    try:
+        yield Keyring(db, _root_key(settings))
+    except SecretUnavailable as exc:
+        _die(str(exc), code=1)
+    finally:
+        await db.dispose()
+
+
+def _print_rewrap(report: RewrapReport, elapsed_ms: float) -> None:
+    plural = "" if report.rewrapped == 1 else "s"
+    console.print(
+        f"{report.rewrapped} record{plural} re-wrapped to {report.primary} in {elapsed_ms:.0f} ms"
+    )
+    if report.changed_meanwhile:
+        console.print(f"{report.changed_meanwhile} replaced meanwhile (already sealed afresh)")
+    if report.retired:
+        console.print(f"retired: {', '.join(report.retired)}")
+    if report.failed:
+        console.print(f"{len(report.failed)} records could not be opened:")
+        for record in report.failed:
+            console.print(f"  {record}")
+        raise typer.Exit(1)
+    if report.remaining:
+        console.print(
+            f"{report.remaining} records still on older keys "
+            "(sealed meanwhile by a process that had not seen the new key): "
+            "run `tidings keys rewrap` in a minute"
+        )
 
 
 @app.command()

@@ -17,10 +17,14 @@ import redis.asyncio as aioredis
 
 from tidings.audit.service import AuditConsumer
 from tidings.db.database import Database
+from tidings.delivery import jobs as delivery_jobs
+from tidings.delivery.component import Delivery
+from tidings.delivery.templates import Templates
 from tidings.events.dispatcher import OutboxDispatcher
 from tidings.events.sinks import RedisEventStream
 from tidings.identity.component import Identity
 from tidings.infra.backplane import Backplane, InProcessBackplane, RedisBackplane
+from tidings.infra.crypto import Keyring
 from tidings.infra.logging import get_logger
 from tidings.infra.redis import redis_client
 from tidings.jobs.registry import JobRegistry, registry
@@ -30,7 +34,7 @@ from tidings.messaging.component import Messaging
 from tidings.messaging.consumers import WorkspaceMembershipConsumer
 from tidings.realtime.gateway import Gateway, RealtimePublisher
 from tidings.search.service import Search
-from tidings.settings import Profile, Settings
+from tidings.settings import Profile, Settings, decode_master_key
 from tidings.system import maintenance
 from tidings.system.cluster import ClusterMembership
 
@@ -48,6 +52,7 @@ class Runtime:
         self.node_id = f"{role}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.registry = job_registry or registry
         maintenance.register(self.registry)
+        delivery_jobs.register(self.registry)
         self.db = Database(settings.effective_database_url, pool_size=settings.database_pool_size)
         self.redis: aioredis.Redis | None = None
         self.backplane: Backplane
@@ -73,6 +78,12 @@ class Runtime:
         self.identity = Identity(settings, self.db, self.backplane, self.redis)
         self.messaging = Messaging(self.db, send_batch_size=settings.message_send_batch_size)
         self.search = Search(self.db)
+        assert settings.master_key is not None  # noqa: S101 - load_settings fills it
+        self.keyring = Keyring(self.db, decode_master_key(settings.master_key))
+        self.templates = Templates(self.db)
+        self.delivery = Delivery(
+            settings, self.db, self.keyring, self.templates, self.identity.limiter
+        )
         # First: the realtime hop is the one people wait for.
         self.dispatcher.add_live(RealtimePublisher(self.backplane))
         self.dispatcher.add_transactional(AuditConsumer())
@@ -102,7 +113,7 @@ class Runtime:
                     shutdown_grace=settings.shutdown_grace_seconds,
                     default_max_attempts=settings.job_max_attempts,
                 ),
-                resources={"settings": settings},
+                resources={"settings": settings, "delivery_runner": self.delivery.runner},
             )
             if runs_worker
             else None
@@ -137,6 +148,9 @@ class Runtime:
         await self.backplane.start()
         await self.backplane.subscribe(OUTBOX_POKE_CHANNEL, lambda _c, _d: self.dispatcher.poke())
         await self.identity.start()
+        # The first keyring key is made now, never inside a transaction that seals a secret
+        # (on SQLite that second writer would wait on the first); a wrong root key fails here.
+        await self.keyring.ensure_primary()
         await self.cluster.start()
         if self.realtime is not None:
             await self.realtime.start()
@@ -155,6 +169,7 @@ class Runtime:
         if self.realtime is not None:
             await self.realtime.stop()
         await self.identity.stop()
+        await self.delivery.close()
         await self.cluster.close()
         await self.backplane.close()
         for task in list(self._background):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
 import os
 import secrets
@@ -138,7 +139,28 @@ class Settings(BaseSettings):
     resume_max_events: int = Field(default=300, ge=1, le=10_000)
     resume_max_age_seconds: float = Field(default=300.0, gt=0)
 
-    @field_validator("cors_origins", "plugins", "jwt_previous_secrets", mode="before")
+    # Outbound HTTP/SMTP to user-supplied addresses (connectors, webhooks). Private, loopback,
+    # link-local and other non-public targets are refused unless a network listed here (CIDR,
+    # comma-separated) contains them.
+    outbound_allow_networks: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    outbound_timeout_seconds: float = Field(default=15.0, gt=0, le=300)
+    outbound_max_response_bytes: int = Field(default=1_048_576, ge=1024)
+    # Send API deliveries.
+    delivery_max_attempts: int = Field(default=6, ge=1, le=50)
+    delivery_backoff_base_seconds: float = Field(default=2.0, gt=0)
+    delivery_backoff_max_seconds: float = Field(default=900.0, gt=0)
+    # A connector that fails this many deliveries in a row (retriable errors) is skipped for
+    # `delivery_circuit_open_seconds`; a route moves on to its next connector meanwhile.
+    delivery_circuit_failure_threshold: int = Field(default=5, ge=1, le=1000)
+    delivery_circuit_open_seconds: float = Field(default=30.0, gt=0)
+    # The address providers reach this server at (behind a proxy, as configured there): status
+    # callback signatures (Twilio's) are computed over it. Unset: the request's own URL.
+    public_url: str | None = None
+    idempotency_ttl_hours: float = Field(default=24.0, gt=0, le=24 * 30)
+
+    @field_validator(
+        "cors_origins", "plugins", "jwt_previous_secrets", "outbound_allow_networks", mode="before"
+    )
     @classmethod
     def _split_origins(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -159,6 +181,18 @@ class Settings(BaseSettings):
         from tidings.infra.ratelimit import Rate
 
         Rate.parse(value)
+        return value
+
+    @field_validator("outbound_allow_networks")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{network!r} is not a network (use CIDR, e.g. 10.0.0.0/8)"
+                ) from None
         return value
 
     @field_validator("database_url", "redis_url", "oidc_issuer", "oidc_audience", mode="before")

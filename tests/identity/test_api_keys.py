@@ -40,7 +40,7 @@ async def test_key_is_shown_once_and_stored_as_a_hash(
     assert key not in str(listed)
     assert listed[0]["prefix"].startswith("tdk_")
     assert listed[0]["prefix"].endswith("…")
-    secret = key.rsplit("_", 1)[1]
+    secret = key.split("_", 2)[2]  # tdk_<hex public id>_<secret, which may hold "_">
     async with app.state.runtime.db.read() as session:
         raw_rows = (await session.execute(text("SELECT * FROM api_keys"))).all()
     assert secret not in str(raw_rows)

@@ -25,9 +25,11 @@ async def _client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 def limited(settings_values: dict[str, Any]) -> Settings:
+    # Slow refills (a token every 3 s and every 2 s): a login hashes a password, and on a
+    # busy machine a faster bucket refills between the requests that should drain it.
     return Settings(
         _env_file=None,  # type: ignore[call-arg]
-        **{**settings_values, "rate_limit_login": "3/2s", "rate_limit_user": "5/2s"},
+        **{**settings_values, "rate_limit_login": "3/9s", "rate_limit_user": "5/10s"},
     )
 
 
@@ -54,7 +56,7 @@ async def test_login_allows_n_refuses_n_plus_1_then_recovers(
     assert refused.status_code == 429
     assert refused.headers["content-type"] == "application/problem+json"
     assert refused.json()["code"] == "rate_limited"
-    assert 1 <= int(refused.headers["retry-after"]) <= 2
+    assert 1 <= int(refused.headers["retry-after"]) <= 3
     assert refused.headers["ratelimit-limit"] == "3"
     assert refused.headers["ratelimit-remaining"] == "0"
     await asyncio.sleep(float(refused.headers["retry-after"]) + 0.1)
@@ -72,7 +74,15 @@ async def test_authenticated_requests_carry_ratelimit_headers(
 
 
 @pytest.mark.profiles("scaled")
-async def test_buckets_are_shared_by_processes_on_redis(limited: Settings, profile: str) -> None:
+async def test_buckets_are_shared_by_processes_on_redis(
+    settings_values: dict[str, Any], profile: str
+) -> None:
+    # A slow refill: each login hashes a password, and on a busy machine a 3/2s bucket
+    # would refill between them.
+    limited = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        **{**settings_values, "rate_limit_login": "3/minute"},
+    )
     clients = [_client(limited), _client(limited)]
     first, second = [await anext(c) for c in clients]
     try:

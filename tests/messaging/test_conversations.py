@@ -299,6 +299,11 @@ async def test_unread_and_mention_counts(client: httpx.AsyncClient) -> None:
         4,
         1,
     )  # the deleted one is not unread
+    # One conversation read alone carries the same counts as the list (a client that learns
+    # of a conversation from an event starts with the right badges).
+    alone = (await client.get(f"{C}/{team['id']}", headers=bob.headers)).json()
+    keys = ("unread_count", "mention_count", "member_count", "last_read_seq")
+    assert {k: alone[k] for k in keys} == {k: counts[k] for k in keys}
     own = (await mine(client, owner, ws))[team["id"]]
     assert (own["unread_count"], own["mention_count"], own["last_read_seq"]) == (0, 0, 5)
 

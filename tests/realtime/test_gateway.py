@@ -511,3 +511,35 @@ async def test_joining_a_conversation_subscribes_open_connections(live: LiveServ
     assert not [
         f for f in bob_ws.events() if f["data"].get("message", {}).get("body") == "after bob left"
     ]
+
+
+async def test_joining_a_workspace_while_connected_brings_its_presence(live: LiveServer) -> None:
+    # Ada and Cy share no workspace when they connect.
+    ada = await register(live.http)
+    cy = await register(live.http)
+    await create_workspace(live.http, cy, "Cy's")
+    ada_ws = await live.connect(ada)
+    cy_ws = await live.connect(cy)
+    assert cy.id not in ada_ws.hello["presence"]
+
+    # Then, without reconnecting, Ada creates a workspace and Cy accepts an invitation to it.
+    workspace = await create_workspace(live.http, ada, "Shared")
+    invited = await live.http.post(
+        f"/api/v1/workspaces/{workspace}/invitations", json={"role": "member"}, headers=ada.headers
+    )
+    assert invited.status_code == 201, invited.text
+    accepted = await live.http.post(
+        "/api/v1/invitations/accept", json={"token": invited.json()["token"]}, headers=cy.headers
+    )
+    assert accepted.status_code == 200, accepted.text
+
+    # Each sees the other online, and a later change reaches the other side live.
+    seen = await ada_ws.expect("presence", lambda f: f["user_id"] == cy.id)
+    assert seen["status"] == "online"
+    told = await cy_ws.expect("presence", lambda f: f["user_id"] == ada.id)
+    assert told["status"] == "online"
+    await cy_ws.request("presence", status="away")
+    away = await ada_ws.expect(
+        "presence", lambda f: f["user_id"] == cy.id and f["status"] == "away"
+    )
+    assert away["status"] == "away"

@@ -8,6 +8,7 @@ import os
 import subprocess
 import uuid
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.conftest import REPO_ROOT, TIDINGS_BIN, child_env, free_port
+from tests.support.helpers import eventually
 from tests.support.processes import kill9, spawn, wait_for, wait_http_ok
 from tidings.db.database import Database
 from tidings.events.models import Event
@@ -124,17 +126,25 @@ async def test_dispatcher_killed_after_commit_loses_nothing(
         await asyncio.to_thread(
             wait_for, lambda: len(_lines(record)) >= first_delivery + 30, 30, "redelivery"
         )
-        pending = await _count_undispatched(url)
+        # Marks are written just after the hand-off to consumers: wait for them to land.
+        all_marked = await eventually(_all_marked(url), within=20)
     received = [orjson.loads(line) for line in _lines(record)]
     unique: dict[str, dict[str, Any]] = {}
     for event in received:
         unique.setdefault(event["id"], event)
     assert len(unique) == 30  # every committed event arrived
-    assert pending == 0
+    assert all_marked
     by_stream: dict[str, list[int]] = defaultdict(list)
     for event in unique.values():
         by_stream[event["stream"]].append(event["seq"])
     assert dict(by_stream) == {s: list(range(1, 11)) for s in streams}  # in order, once each
+
+
+def _all_marked(url: str) -> Callable[[], Awaitable[bool]]:
+    async def probe() -> bool:
+        return await _count_undispatched(url) == 0
+
+    return probe
 
 
 async def _count_undispatched(url: str) -> int:

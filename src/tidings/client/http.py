@@ -39,6 +39,7 @@ from tidings.client.models import (
 
 if TYPE_CHECKING:
     from tidings.client.realtime import RealtimeConnection
+    from tidings.client.send import ClientOptions, RetryPolicy, SendClient
 
 Id = uuid.UUID | str
 """Ids are accepted as `uuid.UUID` or as their string form."""
@@ -524,6 +525,23 @@ class TidingsClient:
         scheme, _, rest = self.base_url.partition("://")
         return f"{'wss' if scheme == 'https' else 'ws'}://{rest}/api/v1/realtime"
 
+    # -- the send API ------------------------------------------------------------------------
+
+    def send_api(
+        self, workspace_id: Id | None = None, *, retry: RetryPolicy | None = None
+    ) -> SendClient:
+        """The send API (`SendClient`) as this client: a user names the workspace (an API key
+        implies its own). It shares this client's connections and token refresh; closing this
+        client ends it."""
+        from tidings.client.send import SendClient  # a cycle only for type checkers
+
+        options: ClientOptions = {}
+        if workspace_id is not None:
+            options["workspace_id"] = workspace_id
+        if retry is not None:
+            options["retry"] = retry
+        return SendClient(self.base_url, http=self._http, auth=_SessionTokens(self), **options)
+
     # -- anything else -----------------------------------------------------------------------
 
     async def request(
@@ -606,18 +624,25 @@ class TidingsClient:
             await self._ensure_fresh()
         bearer = self._bearer() if authenticated else None
         response = await self._send(method, path, json, params, bearer, retry)
-        if (
-            response.status_code == 401
-            and bearer is not None
-            and bearer == self._access_token
-            and self.can_refresh
-            and _problem_code(response) == "invalid_token"
-        ):
-            await self._refresh_unless_done(bearer)
+        if await self._renewed(bearer, response):
             response = await self._send(method, path, json, params, self._bearer(), retry)
         if response.status_code >= 400:
             raise TidingsError.from_response(response)
         return response
+
+    async def _renewed(self, used: str | None, response: httpx.Response) -> bool:
+        """Whether `response` was a `401 invalid_token` to the access token `used` and the
+        tokens are now refreshed (once for every request that found it stale)."""
+        if (
+            response.status_code == 401
+            and used is not None
+            and used == self._access_token
+            and self.can_refresh
+            and _problem_code(response) == "invalid_token"
+        ):
+            await self._refresh_unless_done(used)
+            return True
+        return False
 
     async def _send(
         self,
@@ -647,6 +672,20 @@ class TidingsClient:
                 delay = min(retry_after, 10.0) if retry_after is not None else _backoff(attempt)
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+class _SessionTokens:
+    """`TidingsClient`'s tokens, refreshed as it does, for the `SendClient` it makes."""
+
+    def __init__(self, client: TidingsClient) -> None:
+        self._client = client
+
+    async def bearer(self) -> str | None:
+        await self._client._ensure_fresh()
+        return self._client._bearer()
+
+    async def renewed(self, used: str | None, response: httpx.Response) -> bool:
+        return await self._client._renewed(used, response)
 
 
 def new_client_id() -> str:

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -80,6 +81,22 @@ class Database:
             )
             self.read_engine = self.write_engine
             self._write_lock = None
+        # `driver_connection()`'s own small pool: used only in autocommit, so it needs no reset
+        # (rollback) on return; on PostgreSQL no pre-ping either: a dead connection is
+        # discarded when a statement on it fails (see `driver_connection`).
+        if self.is_sqlite:
+            # A second writer connection, serialized with the first by the same write lock.
+            self._driver_engine = _sqlite_engine(
+                self.url, pool_size=1, immediate=True, echo=echo, reset_on_return=False
+            )
+        else:
+            self._driver_engine = create_async_engine(
+                self.url,
+                pool_size=2,
+                max_overflow=4,
+                pool_reset_on_return=None,
+                echo=echo,
+            )
         self._writer = async_sessionmaker(self.write_engine, expire_on_commit=False)
         self._reader = async_sessionmaker(self.read_engine, expire_on_commit=False)
         self.hooks = CommitHooks()
@@ -107,6 +124,46 @@ class Database:
             await _run_after_commit(session)
 
     @asynccontextmanager
+    async def write_connection(self) -> AsyncIterator[AsyncConnection]:
+        """A read-write transaction on a Core connection, without an ORM session.
+
+        For hot paths that only run Core statements (the job runner). It commits on success and
+        rolls back on error, like `transaction()`, but runs no after-commit callbacks: the caller
+        does what must follow the COMMIT once this block has exited.
+        """
+        lock: contextlib.AbstractAsyncContextManager[Any] = (
+            self._write_lock if self._write_lock is not None else contextlib.nullcontext()
+        )
+        async with lock, self.write_engine.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def driver_connection(self) -> AsyncIterator[Any]:
+        """The driver's own connection (aiosqlite or asyncpg) from the write pool, write lock held.
+
+        In autocommit: each statement commits on its own. For the few hot paths whose SQL is
+        written per dialect (the job runner's enqueue, claim and completion); everything else
+        uses `transaction()`. This pool does not pre-ping: when a statement fails because the
+        PostgreSQL connection died (a server restart), the pool is replaced, and the caller's
+        error handling retries on a fresh connection.
+        """
+        lock: contextlib.AbstractAsyncContextManager[Any] = (
+            self._write_lock if self._write_lock is not None else contextlib.nullcontext()
+        )
+        async with lock, self._driver_engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver = raw.driver_connection
+            try:
+                yield driver
+            except BaseException:
+                is_closed = getattr(driver, "is_closed", None)  # asyncpg: the server went away
+                if is_closed is not None and is_closed():
+                    raw.invalidate()
+                    # Its siblings most likely died with it: start over with a fresh pool.
+                    await self._driver_engine.dispose(close=False)
+                raise
+
+    @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
         """A read-only session (on SQLite it never takes the write lock)."""
         async with self._reader() as session:
@@ -117,6 +174,7 @@ class Database:
             await conn.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
+        await self._driver_engine.dispose()
         await self.write_engine.dispose()
         if self.read_engine is not self.write_engine:
             await self.read_engine.dispose()
@@ -134,8 +192,16 @@ async def _run_after_commit(session: AsyncSession) -> None:
             _log.exception("after_commit_callback_failed")
 
 
-def _sqlite_engine(url: URL, *, pool_size: int, immediate: bool, echo: bool) -> AsyncEngine:
-    engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, echo=echo)
+def _sqlite_engine(
+    url: URL, *, pool_size: int, immediate: bool, echo: bool, reset_on_return: bool = True
+) -> AsyncEngine:
+    engine = create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_reset_on_return="rollback" if reset_on_return else None,
+        echo=echo,
+    )
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _: ConnectionPoolEntry) -> None:

@@ -5,6 +5,16 @@ import tidings.search.models  # noqa: F401
 from tidings.audit.models import AuditEntry
 from tidings.db.base import Base
 from tidings.db.leases import Lease
+from tidings.delivery.models import (
+    Connector,
+    CryptoKey,
+    DeliveryAttempt,
+    DeliveryRoute,
+    IdempotencyRecord,
+    OutboundMessage,
+    Template,
+    TemplateVersion,
+)
 from tidings.events.models import Event, EventStream, ProcessedEvent
 from tidings.identity.models import (
     ApiKey,
@@ -31,11 +41,16 @@ __all__ = [
     "ApiKey",
     "AuditEntry",
     "Base",
+    "Connector",
     "Conversation",
     "ConversationMember",
+    "CryptoKey",
+    "DeliveryAttempt",
+    "DeliveryRoute",
     "Event",
     "EventStream",
     "ExternalAccount",
+    "IdempotencyRecord",
     "Invitation",
     "Job",
     "Lease",
@@ -43,11 +58,14 @@ __all__ = [
     "Mention",
     "Message",
     "MessageEdit",
+    "OutboundMessage",
     "PeriodicSchedule",
     "ProcessedEvent",
     "Reaction",
     "RefreshToken",
     "Session",
+    "Template",
+    "TemplateVersion",
     "ThreadFollower",
     "User",
     "Workspace",

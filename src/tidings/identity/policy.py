@@ -24,6 +24,12 @@ class Action(StrEnum):
     MEMBER_REMOVE = "member.remove"
     API_KEY_MANAGE = "api_key.manage"
     AUDIT_READ = "audit.read"
+    CONNECTOR_READ = "connector.read"
+    CONNECTOR_MANAGE = "connector.manage"
+    TEMPLATE_READ = "template.read"
+    TEMPLATE_MANAGE = "template.manage"
+    DELIVERY_SEND = "delivery.send"
+    DELIVERY_READ = "delivery.read"
 
 
 class Scope(StrEnum):
@@ -46,6 +52,12 @@ ROLE_PERMISSIONS: dict[Action, frozenset[Role]] = {
     Action.MEMBER_REMOVE: _MANAGERS,
     Action.API_KEY_MANAGE: _MANAGERS,
     Action.AUDIT_READ: _MANAGERS,
+    Action.CONNECTOR_READ: _ALL - {Role.GUEST},
+    Action.CONNECTOR_MANAGE: _MANAGERS,
+    Action.TEMPLATE_READ: _ALL - {Role.GUEST},
+    Action.TEMPLATE_MANAGE: _ALL - {Role.GUEST},
+    Action.DELIVERY_SEND: _ALL - {Role.GUEST},
+    Action.DELIVERY_READ: _ALL - {Role.GUEST},
 }
 
 # What an API key may do, by scope. Keys never delete workspaces or mint other keys.
@@ -53,6 +65,13 @@ SCOPE_PERMISSIONS: dict[Action, frozenset[Scope]] = {
     Action.WORKSPACE_READ: frozenset(Scope),
     Action.MEMBER_LIST: frozenset({Scope.ADMIN}),
     Action.AUDIT_READ: frozenset({Scope.ADMIN}),
+    # A sending app sees the connectors, routes and templates it names, and its delivery log.
+    Action.CONNECTOR_READ: frozenset({Scope.MESSAGES_SEND, Scope.ADMIN}),
+    Action.CONNECTOR_MANAGE: frozenset({Scope.ADMIN}),
+    Action.TEMPLATE_READ: frozenset({Scope.MESSAGES_SEND, Scope.ADMIN}),
+    Action.TEMPLATE_MANAGE: frozenset({Scope.ADMIN}),
+    Action.DELIVERY_SEND: frozenset({Scope.MESSAGES_SEND, Scope.ADMIN}),
+    Action.DELIVERY_READ: frozenset({Scope.MESSAGES_SEND, Scope.MESSAGES_READ, Scope.ADMIN}),
 }
 
 

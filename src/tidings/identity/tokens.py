@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -24,6 +26,8 @@ AUDIENCE = "tidings-api"
 TOKEN_TYPE = "at+jwt"  # noqa: S105 - the JWT typ header
 REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "jti", "sid"]
 LEEWAY_SECONDS = 30
+# Verified access tokens remembered per process (a few hundred bytes each).
+VERIFIED_CACHE_SIZE = 10_000
 
 REFRESH_TOKEN_PREFIX = "tdr_"  # noqa: S105 - a public prefix
 INVITATION_PREFIX = "tdi_"
@@ -59,6 +63,7 @@ class AccessTokens:
         self._keys = {key_id(s): s.get_secret_value().encode() for s in [*previous, secret]}
         self._issuer = issuer
         self.lifetime = lifetime
+        self._verified: OrderedDict[str, tuple[AccessClaims, float]] = OrderedDict()
 
     def issue(self, user_id: uuid.UUID, session_id: uuid.UUID) -> tuple[str, datetime]:
         now = utcnow()
@@ -81,6 +86,28 @@ class AccessTokens:
         return token, expires
 
     def verify(self, token: str) -> AccessClaims:
+        """The claims of a valid token, or InvalidToken.
+
+        A token verified once is remembered until it expires (bounded, least recently used
+        first out): a client sends the same token with every request for its whole lifetime,
+        and its signature and claims cannot change. The keys are fixed for the process, so
+        nothing else could make a remembered token invalid; a revoked session is checked per
+        request elsewhere (`session_is_live`).
+        """
+        remembered = self._verified.get(token)
+        if remembered is not None:
+            claims, valid_until = remembered
+            if time.time() <= valid_until:
+                self._verified.move_to_end(token)
+                return claims
+            del self._verified[token]
+        claims = self._verify(token)
+        self._verified[token] = (claims, claims.expires_at.timestamp() + LEEWAY_SECONDS)
+        if len(self._verified) > VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return claims
+
+    def _verify(self, token: str) -> AccessClaims:
         try:
             header = jwt.get_unverified_header(token)
             key = self._keys.get(str(header.get("kid")))

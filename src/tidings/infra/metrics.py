@@ -48,3 +48,14 @@ REALTIME_DELIVERIES = Counter(
 REALTIME_SLOW_CONSUMERS = Counter(
     "tidings_realtime_slow_consumers_total", "Clients disconnected for not reading fast enough"
 )
+DELIVERY_ATTEMPTS = Counter(
+    "tidings_delivery_attempts_total",
+    "Send API delivery attempts by connector type and outcome (sent or the error class)",
+    ["connector_type", "outcome"],
+)
+DELIVERY_LATENCY = Histogram(
+    "tidings_delivery_provider_latency_seconds",
+    "Time a provider took to answer a delivery",
+    ["connector_type"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)

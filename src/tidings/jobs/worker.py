@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tidings.db.base import utcnow
@@ -27,11 +27,43 @@ from tidings.infra.logging import get_logger
 from tidings.jobs import service
 from tidings.jobs.models import Job, JobStatus, PeriodicSchedule
 from tidings.jobs.registry import JobContext, JobRegistry, PermanentJobError, RetryLater
+from tidings.jobs.store import store_for
 from tidings.jobs.transport import JobTransport
 
 _log = get_logger(__name__)
 MAX_ERROR_LENGTH = 4000
 SWEEP_BATCH = 1000
+
+# The hot-path statements, built once (SQLAlchemy memoizes their cache keys, so executing one
+# neither builds nor compiles anything) and run as Core on a connection, without an ORM session.
+_jobs: Table = Job.__table__  # type: ignore[assignment]
+_c = _jobs.c
+_ids = bindparam("b_ids", expanding=True, type_=_c.id.type)
+_now = bindparam("b_now", type_=_c.run_at.type)
+_node = bindparam("b_node", type_=_c.locked_by.type)
+_lease = bindparam("b_lease", type_=_c.lease_expires_at.type)
+_error = bindparam("b_error", type_=_c.last_error.type)
+# Only the lease holder may touch a job: after a lease expiry another worker owns it.
+_owned = update(_jobs).where(
+    _c.id.in_(_ids), _c.locked_by == _node, _c.status == JobStatus.RUNNING.value
+)
+_released = {"locked_by": None, "lease_expires_at": None}
+_DEAD = _owned.values(status=JobStatus.DEAD.value, finished_at=_now, last_error=_error, **_released)
+_RETRY = _owned.values(
+    status=JobStatus.QUEUED.value,
+    run_at=bindparam("b_run_at", type_=_c.run_at.type),
+    published_at=None,
+    last_error=_error,
+    **_released,
+)
+_RELEASE = _owned.values(
+    status=JobStatus.QUEUED.value,
+    attempts=_c.attempts - 1,
+    run_at=_now,
+    published_at=None,
+    **_released,
+)
+_HEARTBEAT = _owned.values(lease_expires_at=_lease)
 
 
 @dataclass(frozen=True)
@@ -74,6 +106,7 @@ class Worker:
         resources: Mapping[str, Any] | None = None,
     ) -> None:
         self._db = db
+        self._store = store_for(db.dialect)
         self._transport = transport
         self._registry = registry
         self._node_id = node_id
@@ -146,39 +179,32 @@ class Worker:
             try:
                 ids = await self._transport.receive(free, wait_seconds=0.5)
                 if ids:
-                    for job in await self._claim(ids):
-                        self._running[job.id] = asyncio.create_task(self._execute(job))
+                    await self._claim_and_start(ids)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 _log.exception("job_receive_failed")
                 await asyncio.sleep(0.5)
 
+    async def _claim_and_start(self, ids: Sequence[uuid.UUID]) -> None:
+        try:
+            claimed = await self._claim(ids)
+        except Exception:
+            # The transport gave these ids once; try again once (e.g. on a fresh connection
+            # after a database restart) before leaving them to the sweeper.
+            _log.warning("job_claim_failed_retrying", count=len(ids), exc_info=True)
+            await asyncio.sleep(0.1)
+            claimed = await self._claim(ids)
+        for job in claimed:
+            self._running[job.id] = asyncio.create_task(self._execute(job))
+
     async def _claim(self, ids: Sequence[uuid.UUID]) -> list[ClaimedJob]:
         now = utcnow()
-        async with self._db.transaction() as session:
-            rows = (
-                await session.execute(
-                    update(Job)
-                    .where(
-                        Job.id.in_(set(ids)),
-                        Job.status == JobStatus.QUEUED.value,
-                        Job.run_at <= now,
-                    )
-                    .values(
-                        status=JobStatus.RUNNING.value,
-                        attempts=Job.attempts + 1,
-                        locked_by=self._node_id,
-                        lease_expires_at=now + timedelta(seconds=self._config.lease_seconds),
-                    )
-                    .returning(
-                        Job.id, Job.name, Job.payload, Job.attempts, Job.max_attempts, Job.run_at
-                    )
-                    .execution_options(synchronize_session=False)
-                )
-            ).all()
+        lease = now + timedelta(seconds=self._config.lease_seconds)
+        async with self._db.driver_connection() as conn:
+            rows = await self._store.claim(conn, list(set(ids)), now, self._node_id, lease)
         for row in rows:
-            metrics.JOB_START_DELAY.observe(max(0.0, (now - row.run_at).total_seconds()))
+            metrics.JOB_START_DELAY.observe(max(0.0, (now - row[5]).total_seconds()))
         return [ClaimedJob(*row) for row in rows]
 
     # -- running ----------------------------------------------------------------------------
@@ -232,11 +258,8 @@ class Worker:
         error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH]
         now = utcnow()
         if permanent or job.attempts >= job.max_attempts:
-            values: dict[str, Any] = {
-                "status": JobStatus.DEAD.value,
-                "finished_at": now,
-                "last_error": error,
-            }
+            statement = _DEAD
+            params: dict[str, Any] = {"b_now": now}
             outcome = "dead"
             _log.warning("job_dead", job_id=str(job.id), job=job.name, error=error)
         else:
@@ -247,45 +270,22 @@ class Worker:
                     job.attempts, self._config.backoff_base, self._config.backoff_max
                 )
             )
-            values = {
-                "status": JobStatus.QUEUED.value,
-                "run_at": now + timedelta(seconds=delay),
-                "published_at": None,
-                "last_error": error,
-            }
+            statement = _RETRY
+            params = {"b_run_at": now + timedelta(seconds=delay)}
             outcome = "retried"
             _log.info(
                 "job_retry_scheduled", job_id=str(job.id), job=job.name, delay=round(delay, 3)
             )
-        values.update(locked_by=None, lease_expires_at=None)
-        async with self._db.transaction() as session:
-            await session.execute(self._owned([job.id]).values(**values))
+        params.update(b_ids=[job.id], b_node=self._node_id, b_error=error)
+        async with self._db.write_connection() as conn:
+            await conn.execute(statement, params)
         metrics.JOB_OUTCOMES.labels(job.name, outcome).inc()
 
     async def _release(self, job: ClaimedJob) -> None:
-        async with self._db.transaction() as session:
-            await session.execute(
-                self._owned([job.id]).values(
-                    status=JobStatus.QUEUED.value,
-                    attempts=Job.attempts - 1,
-                    run_at=utcnow(),
-                    published_at=None,
-                    locked_by=None,
-                    lease_expires_at=None,
-                )
+        async with self._db.write_connection() as conn:
+            await conn.execute(
+                _RELEASE, {"b_ids": [job.id], "b_node": self._node_id, "b_now": utcnow()}
             )
-
-    def _owned(self, job_ids: Sequence[uuid.UUID]) -> Any:
-        # Only the lease holder may touch a job: after a lease expiry another worker owns it.
-        return (
-            update(Job)
-            .where(
-                Job.id.in_(job_ids),
-                Job.locked_by == self._node_id,
-                Job.status == JobStatus.RUNNING.value,
-            )
-            .execution_options(synchronize_session=False)
-        )
 
     # -- background loops -------------------------------------------------------------------
 
@@ -307,15 +307,8 @@ class Worker:
             return
         batch, self._completed = self._completed, []
         try:
-            async with self._db.transaction() as session:
-                await session.execute(
-                    self._owned(batch).values(
-                        status=JobStatus.SUCCEEDED.value,
-                        finished_at=utcnow(),
-                        locked_by=None,
-                        lease_expires_at=None,
-                    )
-                )
+            async with self._db.driver_connection() as conn:
+                await self._store.complete(conn, batch, self._node_id, utcnow())
         except BaseException:
             self._completed[:0] = batch
             raise
@@ -327,13 +320,11 @@ class Worker:
             running = list(self._running)
             if not running:
                 continue
+            lease = utcnow() + timedelta(seconds=self._config.lease_seconds)
             try:
-                async with self._db.transaction() as session:
-                    await session.execute(
-                        self._owned(running).values(
-                            lease_expires_at=utcnow()
-                            + timedelta(seconds=self._config.lease_seconds)
-                        )
+                async with self._db.write_connection() as conn:
+                    await conn.execute(
+                        _HEARTBEAT, {"b_ids": running, "b_node": self._node_id, "b_lease": lease}
                     )
             except Exception:
                 _log.exception("job_heartbeat_failed")

@@ -239,35 +239,7 @@ class Conversations:
     async def _mine(
         self, session: AsyncSession, user_id: uuid.UUID, workspace_id: uuid.UUID
     ) -> list[ConversationOut]:
-        unread = (
-            select(func.count())
-            .select_from(Message)
-            .where(
-                Message.conversation_id == Conversation.id,
-                Message.seq > ConversationMember.last_read_seq,
-                Message.thread_root_id.is_(None),
-                Message.deleted_at.is_(None),
-                or_(Message.sender_id.is_(None), Message.sender_id != user_id),
-            )
-            .scalar_subquery()
-        )
-        mentioned = (
-            select(func.count())
-            .select_from(Mention)
-            .where(
-                Mention.user_id == user_id,
-                Mention.conversation_id == Conversation.id,
-                Mention.seq > ConversationMember.last_read_seq,
-            )
-            .scalar_subquery()
-        )
-        everyone = aliased(ConversationMember)
-        members = (
-            select(func.count())
-            .select_from(everyone)
-            .where(everyone.conversation_id == Conversation.id)
-            .scalar_subquery()
-        )
+        unread, mentioned, members = _caller_counts(user_id)
         rows = await session.execute(
             select(Conversation, ConversationMember, unread, mentioned, members)
             .join(ConversationMember, ConversationMember.conversation_id == Conversation.id)
@@ -322,12 +294,36 @@ class Conversations:
     async def get(self, principal: Principal, conversation_id: uuid.UUID) -> ConversationOut:
         async with self._db.read() as session:
             access = await authorize(session, principal, conversation_id, ConversationAction.READ)
-            count = await session.scalar(
-                select(func.count())
-                .select_from(ConversationMember)
-                .where(ConversationMember.conversation_id == conversation_id)
+            if access.member is None:
+                count = await session.scalar(
+                    select(func.count())
+                    .select_from(ConversationMember)
+                    .where(ConversationMember.conversation_id == conversation_id)
+                )
+                return self._out(access, member_count=count)
+            # A member sees the same counts as in their conversation list, so a client that
+            # learns of a conversation from an event starts with the right badges.
+            unread, mentioned, members = _caller_counts(access.member.user_id)
+            counts = (
+                await session.execute(
+                    select(unread, mentioned, members)
+                    .select_from(Conversation)
+                    .join(
+                        ConversationMember,
+                        ConversationMember.conversation_id == Conversation.id,
+                    )
+                    .where(
+                        Conversation.id == conversation_id,
+                        ConversationMember.user_id == access.member.user_id,
+                    )
+                )
+            ).one()
+            return self._out(
+                access,
+                unread_count=counts[0],
+                mention_count=counts[1],
+                member_count=counts[2],
             )
-            return self._out(access, member_count=count)
 
     @staticmethod
     def _out(access: ConversationAccess, **extra: Any) -> ConversationOut:
@@ -717,3 +713,38 @@ class Conversations:
     async def require_member(self, user: UserPrincipal, conversation_id: uuid.UUID) -> Conversation:
         async with self._db.read() as session:
             return (await self._own_membership(session, user, conversation_id)).conversation
+
+
+def _caller_counts(user_id: uuid.UUID) -> tuple[Any, Any, Any]:
+    """Correlated counts for a row of Conversation joined to the caller's ConversationMember:
+    unread top-level messages from others, unread mentions of the caller, and members."""
+    unread = (
+        select(func.count())
+        .select_from(Message)
+        .where(
+            Message.conversation_id == Conversation.id,
+            Message.seq > ConversationMember.last_read_seq,
+            Message.thread_root_id.is_(None),
+            Message.deleted_at.is_(None),
+            or_(Message.sender_id.is_(None), Message.sender_id != user_id),
+        )
+        .scalar_subquery()
+    )
+    mentioned = (
+        select(func.count())
+        .select_from(Mention)
+        .where(
+            Mention.user_id == user_id,
+            Mention.conversation_id == Conversation.id,
+            Mention.seq > ConversationMember.last_read_seq,
+        )
+        .scalar_subquery()
+    )
+    everyone = aliased(ConversationMember)
+    members = (
+        select(func.count())
+        .select_from(everyone)
+        .where(everyone.conversation_id == Conversation.id)
+        .scalar_subquery()
+    )
+    return unread, mentioned, members

@@ -18,7 +18,7 @@ import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol, cast
 from urllib.parse import parse_qs
 
 import orjson
@@ -152,6 +152,8 @@ def _meta(event: DispatchedEvent) -> dict[str, Any]:
     meta: dict[str, Any] = {"room": event.stream_key, "seq": event.stream_seq, "event": event.type}
     if event.type in _MEMBERSHIP_EVENTS:
         meta["users"] = event.payload.get("user_ids", [])
+        if event.workspace_id is not None:
+            meta["workspace"] = str(event.workspace_id)
     return meta
 
 
@@ -649,6 +651,8 @@ class Gateway:
         event = meta.get("event")
         if event == messaging_events.MEMBER_JOINED:
             self._membership(room, meta.get("users", ()), join=True)
+            if meta.get("workspace"):
+                self._joined_workspace(uuid.UUID(meta["workspace"]), meta.get("users", ()))
         self.hub.fanout(
             room,
             meta.get("seq"),
@@ -665,6 +669,27 @@ class Gateway:
                 self.hub.join(subscriber, room)
             else:
                 self.hub.leave(subscriber, room)
+
+    def _joined_workspace(self, workspace_id: uuid.UUID, users: Sequence[str]) -> None:
+        """People already connected joined a conversation of a workspace their connections
+        were not following (they created it, or accepted an invitation): follow its presence
+        from now on, and announce theirs there, without a reconnect."""
+        newcomers: set[uuid.UUID] = set()
+        for member in self.hub.connections_of(uuid.UUID(u) for u in users):
+            subscriber = cast("RealtimeSubscriber", member)  # the hub holds only the gateway's
+            followed = self._workspaces.get(subscriber.id)
+            if followed is None or workspace_id in followed:
+                continue  # still opening (open() reads the workspaces itself), or known
+            self._workspaces[subscriber.id] = followed | {workspace_id}
+            self.hub.join(subscriber, f"workspace:{workspace_id}")
+            newcomers.add(subscriber.user_id)
+            # Who is already online there, as `hello` would have said.
+            for user_id, status in self.presence.online_in({workspace_id}).items():
+                if user_id != subscriber.user_id:
+                    subscriber.send(protocol.presence_frame(user_id, status))
+        for user_id in newcomers:
+            if self.presence.join_workspace(user_id, workspace_id):
+                self._spawn(self.presence.publish_user(user_id))
 
     def _on_auth_invalidate(self, _: str, data: bytes) -> None:
         key = data.decode()

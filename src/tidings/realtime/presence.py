@@ -79,6 +79,17 @@ class Presence:
             self._workspaces.pop(user_id, None)
         return after != before
 
+    def join_workspace(self, user_id: uuid.UUID, workspace_id: uuid.UUID) -> bool:
+        """A user connected here joined a workspace; True when that is news to announce."""
+        if user_id not in self._local:
+            return False
+        known = self._workspaces.get(user_id, frozenset())
+        if workspace_id in known:
+            return False
+        self._workspaces[user_id] = known | {workspace_id}
+        self._recompute(user_id)
+        return True
+
     def _local_status(self, user_id: uuid.UUID) -> str:
         devices = self._local.get(user_id)
         if not devices:
@@ -124,6 +135,9 @@ class Presence:
         self._announced[user_id] = (status, workspaces)
         if previous_status != status:
             self._on_change(user_id, status, workspaces)
+        elif workspaces - previous_workspaces:
+            # Same status, new workspaces: only their members have not seen it yet.
+            self._on_change(user_id, status, workspaces - previous_workspaces)
 
     # -- between processes -----------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Housekeeping: purge finished jobs, dispatched events and the dedupe ledger after retention."""
+"""Housekeeping: purge finished jobs, dispatched events, the dedupe ledger and expired
+idempotency keys after their retention."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 from sqlalchemy import delete
 
 from tidings.db.base import utcnow
+from tidings.delivery.idempotency import purge_expired
 from tidings.events.models import Event, ProcessedEvent
 from tidings.jobs.models import Job, JobStatus
 from tidings.jobs.registry import JobContext, JobRegistry
@@ -35,6 +37,7 @@ async def purge(context: JobContext, _: dict[str, Any]) -> None:
         await session.execute(
             delete(ProcessedEvent).where(ProcessedEvent.processed_at < now - EVENT_RETENTION)
         )
+        await purge_expired(session)
 
 
 def register(registry: JobRegistry) -> None:

@@ -1,0 +1,1 @@
+"""Connectors: one module a provider, each implementing `base.ConnectorType`."""

@@ -1,0 +1,1 @@
+"""Tests of the delivery domain: the send API, connectors and the providers they talk to."""

@@ -1,0 +1,1 @@
+"""Each connector driven end to end against a local server that speaks its provider's API."""

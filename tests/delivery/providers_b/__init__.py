@@ -1,0 +1,1 @@
+"""Local stand-ins for SMTP relays, the Telegram Bot API and the Graph (Messenger) API."""

@@ -1,0 +1,174 @@
+"""The outbox's cheap paths keep the guarantees: one statement advances every stream of a
+transaction, pokes wake the leader without a poll, standbys ignore pokes, and rows handed out
+while their mark is pending are not handed out again."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pytest
+from sqlalchemy import event, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+import tidings.events.dispatcher as dispatcher_module
+from tests.support.helpers import CollectingConsumer, eventually
+from tidings.events.dispatcher import DispatchedEvent, OutboxDispatcher
+from tidings.events.models import Event, EventStream
+from tidings.events.service import NewEvent, emit, emit_many
+from tidings.runtime import Runtime
+from tidings.settings import Settings
+
+
+@pytest.fixture
+async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    rt = Runtime(settings, role="serve")
+    await rt.start()
+    yield rt
+    await rt.stop()
+
+
+async def test_emit_many_advances_a_thousand_streams_with_one_statement(runtime: Runtime) -> None:
+    # Ten streams already have three events each.
+    async with runtime.db.transaction() as session:
+        await emit_many(
+            session, [NewEvent("x.y", f"s:{n:04d}", {}) for n in range(10) for _ in range(3)]
+        )
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    # 1,000 streams in one transaction (as a send batch writes), given unsorted, two events on
+    # every tenth stream.
+    streams = [f"s:{n:04d}" for n in reversed(range(1000))]
+    batch = [NewEvent("x.y", s, {"i": i}) for i, s in enumerate(streams)]
+    batch += [NewEvent("x.y", s, {"again": True}) for s in streams[::10]]
+    event.listen(runtime.db.write_engine.sync_engine, "before_cursor_execute", record)
+    try:
+        async with runtime.db.transaction() as session:
+            written = await emit_many(session, batch)
+    finally:
+        event.remove(runtime.db.write_engine.sync_engine, "before_cursor_execute", record)
+
+    assert sum("event_streams" in s for s in statements) == 1
+    expected: dict[str, list[int]] = {}
+    for new_event, row in zip(batch, written, strict=True):
+        assert row.stream_key == new_event.stream_key
+        expected.setdefault(row.stream_key, []).append(row.stream_seq)
+    for n in range(1000):
+        first = 4 if n < 10 else 1
+        count = 2 if (999 - n) % 10 == 0 else 1
+        assert expected[f"s:{n:04d}"] == list(range(first, first + count))
+    async with runtime.db.read() as session:
+        last = dict(
+            (await session.execute(select(EventStream.stream_key, EventStream.last_seq))).all()
+        )
+        stored = await session.scalar(select(func.count()).select_from(Event))
+    assert last["s:0000"] == 4
+    assert last["s:0999"] == 2
+    assert last["s:0998"] == 1
+    assert stored == 30 + len(batch)
+
+
+async def test_a_poke_wakes_the_leader_without_waiting_for_the_poll(runtime: Runtime) -> None:
+    await runtime.dispatcher.stop()
+    dispatcher = OutboxDispatcher(runtime.db, node_id="slow-poller", poll_interval=60.0)
+    collector = CollectingConsumer()
+    dispatcher.add_live(collector)
+    runtime.db.hooks.events_committed = dispatcher.poke
+    dispatcher.start()
+    try:
+        await eventually(lambda: _is_leader(dispatcher))
+        started = time.monotonic()
+        for index in range(20):
+            async with runtime.db.transaction() as session:
+                await emit(session, "a.b", stream_key="s:poke", payload={"i": index})
+            await eventually(lambda n=index + 1: _has(collector, n), within=5)
+        # Twenty round trips, each far shorter than one poll interval.
+        assert time.monotonic() - started < 30
+        assert [e.payload["i"] for e in collector.unique()] == list(range(20))
+    finally:
+        await dispatcher.stop()
+
+
+async def test_a_standby_takes_no_lease_transaction_per_poke(
+    runtime: Runtime, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await eventually(lambda: _is_leader(runtime.dispatcher))
+    attempts = 0
+    acquire = dispatcher_module.acquire_lease
+
+    async def counting(db: Any, name: str, holder: str, ttl: float) -> bool:
+        nonlocal attempts
+        attempts += holder == "standby"  # not the leader's renewals
+        return await acquire(db, name, holder, ttl)
+
+    monkeypatch.setattr(dispatcher_module, "acquire_lease", counting)
+    standby = OutboxDispatcher(
+        runtime.db, node_id="standby", lease_seconds=settings.outbox_lease_seconds
+    )
+    started = time.monotonic()
+    standby.start()
+    try:
+        for _ in range(100):  # as many commits as an API process would see
+            standby.poke()
+            await asyncio.sleep(0.002)
+        assert not standby.is_leader
+        # One attempt at start, then one every third of the lease, however many pokes.
+        retries = (time.monotonic() - started) // (settings.outbox_lease_seconds / 3)
+        assert attempts <= 1 + retries
+    finally:
+        await standby.stop()
+
+
+class SlowMarks:
+    """A transactional consumer that holds every mark's transaction open for a while."""
+
+    name = "slow-marks"
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    async def handle(self, session: AsyncSession, events: Sequence[DispatchedEvent]) -> None:
+        self.seen += len(events)
+        await asyncio.sleep(0.15)
+
+
+async def test_events_awaiting_their_mark_are_not_handed_out_again(runtime: Runtime) -> None:
+    collector = CollectingConsumer()
+    slow = SlowMarks()
+    runtime.dispatcher.add_live(collector)
+    runtime.dispatcher.add_transactional(slow)
+    for round_ in range(6):
+        async with runtime.db.transaction() as session:
+            await emit_many(
+                session,
+                [NewEvent("a.b", f"s:pending-{i % 3}", {"r": round_, "i": i}) for i in range(10)],
+            )
+        await asyncio.sleep(0.03)  # new reads while earlier marks are still open
+    await eventually(lambda: _has(collector, 60), within=15)
+
+    async def all_marked() -> bool:
+        async with runtime.db.read() as session:
+            pending = await session.scalar(
+                select(func.count()).select_from(Event).where(Event.dispatched_at.is_(None))
+            )
+        return pending == 0
+
+    await eventually(all_marked, within=15)
+    assert len(collector.received) == 60  # each once: no re-read of rows awaiting their mark
+    assert slow.seen == 60
+    for stream in range(3):
+        seqs = [e.stream_seq for e in collector.received if e.stream_key == f"s:pending-{stream}"]
+        assert seqs == sorted(seqs)
+
+
+async def _is_leader(dispatcher: OutboxDispatcher) -> bool:
+    return dispatcher.is_leader
+
+
+async def _has(collector: CollectingConsumer, count: int) -> bool:
+    return len(collector.unique()) >= count
