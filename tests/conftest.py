@@ -96,6 +96,33 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(
             f"{profile} ({PROFILE_LABELS[profile]}): {counts[profile]} tests passed"
         )
+    _summarize_unraisable(terminalreporter)
+
+
+def _summarize_unraisable(terminalreporter: Any) -> None:
+    """Names what the garbage collector found unclosed, next to the counts.
+
+    An unraisable warning surfaces in whichever test runs when the collector finds the object,
+    often not the one that leaked it, and its traceback is long: the object's repr (addresses,
+    coroutine names) is what points at the culprit, so it is repeated here at the end of the log.
+    """
+    lines: list[str] = []
+    for kind in ("failed", "error"):
+        for report in terminalreporter.stats.get(kind, []):
+            text = getattr(report, "longreprtext", "")
+            if "unraisable" not in text.lower() and "Exception ignored" not in text:
+                continue
+            found = [
+                line.strip()
+                for line in text.splitlines()
+                if line.startswith("E ") and ("Warning:" in line or "Exception ignored" in line)
+            ]
+            lines.append(f"{report.nodeid} ({report.when}):")
+            lines.extend(f"  {line}" for line in dict.fromkeys(found))
+    if lines:
+        terminalreporter.write_sep("=", "unraisable warnings (objects left unclosed)")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 # -- services ------------------------------------------------------------------------------
