@@ -94,6 +94,10 @@ class Params:
     sections: tuple[str, ...] = ("accept", "delivery", "latency")
     peer: bool = True
     py_spy: str | None = None  # profile Tidings' delivery processes while the backlog drains
+    # Jobs a Tidings worker process holds (TIDINGS_WORKER_CONCURRENCY); at most `concurrency`
+    # of them call the provider at once (the connector's max_concurrency), the others are read
+    # or written meanwhile. 0 in results saved before the option existed.
+    worker_jobs: int = 0
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -308,12 +312,14 @@ class TidingsStack:
 
 @contextlib.asynccontextmanager
 async def tidings_stack(
-    stores: DeliveryStores, profile: str, concurrency: int, provider: Provider
+    stores: DeliveryStores, profile: str, params: Params, provider: Provider
 ) -> AsyncIterator[TidingsStack]:
     deployment = await stores.fresh(profile)
     port = free_port()
     redis = (deployment.redis_url, deployment.redis_prefix) if deployment.redis_url else None
-    env = _tidings_env(deployment.database_url, deployment.data_dir, redis, port, concurrency)
+    env = _tidings_env(
+        deployment.database_url, deployment.data_dir, redis, port, params.worker_jobs
+    )
     log_dir = LOG_DIR or deployment.data_dir
     name = f"{profile}-{deployment.data_dir.name}"
     serve = _spawn([TIDINGS_BIN, "serve"], env, log_dir / f"{name}-serve.log")
@@ -328,7 +334,7 @@ async def tidings_stack(
                     if (await http.get(f"{base}/healthz")).status_code == 200:
                         break
                 await asyncio.sleep(0.1)
-        key = await _prepare_tidings(base, provider.url)
+        key = await _prepare_tidings(base, provider.url, params.concurrency)
         stack = TidingsStack(profile, base, key, serve, deployment.database_url, env, log_dir, name)
         yield stack
     finally:
@@ -336,8 +342,12 @@ async def tidings_stack(
             await proc.stop()
 
 
-async def _prepare_tidings(base: str, provider_url: str) -> str:
-    """An account, a workspace, an API key with messages:send and a webhook connector."""
+async def _prepare_tidings(base: str, provider_url: str, concurrency: int) -> str:
+    """An account, a workspace, an API key with messages:send and a webhook connector.
+
+    The connector allows `concurrency` provider calls at once per worker process: the provider
+    sees what BullMQ's worker at that concurrency gives it.
+    """
     async with httpx.AsyncClient(base_url=base, timeout=60) as http:
         registered = await http.post(
             "/api/v1/auth/register",
@@ -361,6 +371,7 @@ async def _prepare_tidings(base: str, provider_url: str) -> str:
                 "name": "hook",
                 "settings": {"url": provider_url},
                 "credentials": {"signing_secret": SIGNING_SECRET},
+                "max_concurrency": concurrency,
             },
             headers=owner,
         )
@@ -599,6 +610,7 @@ async def measure_delivery(
     return {
         "workers": workers,
         "concurrency_per_worker": params.concurrency,
+        "worker_jobs": params.worker_jobs,
         "backlog": params.backlog,
         "held_at_gate": held,
         "drain_seconds": round(drain_s, 3),
@@ -696,7 +708,7 @@ async def run_tidings(
     """Fills `out` as it goes: a failure keeps what was measured before it."""
     await provider.control("reset")
     if "accept" in params.sections:
-        async with tidings_stack(stores, profile, params.concurrency, provider) as stack:
+        async with tidings_stack(stores, profile, params, provider) as stack:
             out["accept"] = await measure_accept(
                 stack.base, stack.key, stack.pids, params, log_dir / "load.log", stack.name
             )
@@ -706,7 +718,7 @@ async def run_tidings(
     if "delivery" not in params.sections:
         worker_counts = []
     for workers in worker_counts:
-        async with tidings_stack(stores, profile, params.concurrency, provider) as stack:
+        async with tidings_stack(stores, profile, params, provider) as stack:
             if profile == "scaled":
                 await stack.start_workers(workers)
             current = stack
@@ -736,7 +748,7 @@ async def run_tidings(
                 ],
             )
     if "latency" in params.sections:
-        async with tidings_stack(stores, profile, params.concurrency, provider) as stack:
+        async with tidings_stack(stores, profile, params, provider) as stack:
             if profile == "scaled":
                 await stack.start_workers(1)
             out["latency"] = await measure_latency(
@@ -1026,7 +1038,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=32, help="single-send connections")
     parser.add_argument("--batch-sizes", default="100,500")
     parser.add_argument("--batch-clients", type=int, default=4)
-    parser.add_argument("--concurrency", type=int, default=32, help="per worker process")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=32,
+        help="provider calls at once per worker process (BullMQ's worker concurrency)",
+    )
+    parser.add_argument(
+        "--worker-jobs",
+        type=int,
+        default=0,
+        help="jobs a Tidings worker process holds (default: 2 x --concurrency)",
+    )
     parser.add_argument("--workers", default="1,2", help="worker processes (scaled, BullMQ)")
     parser.add_argument("--backlog", type=int, help="messages preloaded (default 2000)")
     parser.add_argument("--provider-delay-ms", type=float, default=50.0)
@@ -1062,6 +1085,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_sizes=[int(s) for s in args.batch_sizes.split(",") if s.strip()],
         batch_clients=args.batch_clients,
         concurrency=args.concurrency,
+        worker_jobs=args.worker_jobs or 2 * args.concurrency,
         workers=[int(w) for w in args.workers.split(",") if w.strip()],
         backlog=args.backlog or (1000 if quick else 2000),
         provider_delay_ms=args.provider_delay_ms,

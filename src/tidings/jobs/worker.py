@@ -76,6 +76,8 @@ class WorkerConfig:
     backoff_max: float = 3600.0
     shutdown_grace: float = 30.0
     default_max_attempts: int = 5
+    # While busy, a claim waits up to `claim_linger` seconds for concurrency ÷ 8 free slots.
+    claim_linger: float = 0.005
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,8 @@ class Worker:
         self._completed_ready = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._receive_task: asyncio.Task[None] | None = None
+        self._claim_batch = max(1, self._config.concurrency // 8)
+        self._lingered = False
 
     @property
     def in_flight(self) -> int:
@@ -176,6 +180,13 @@ class Worker:
                 if not self._stopping.is_set():
                     await self._slot_free.wait()
                 continue
+            if free < self._claim_batch and self._running and not self._lingered:
+                # Busy: slots free up one by one, and a claim per slot costs a statement each.
+                # Wait a moment for company; the jobs still running keep the work going.
+                self._lingered = True
+                await self._pause(self._config.claim_linger, self._stopping)
+                continue
+            self._lingered = False
             try:
                 ids = await self._transport.receive(free, wait_seconds=0.5)
                 if ids:
