@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -90,7 +91,14 @@ def worker() -> None:
             "the embedded profile runs jobs inside `tidings serve`; "
             "set TIDINGS_DATABASE_URL and TIDINGS_REDIS_URL to run separate workers"
         )
-    asyncio.run(_run_worker(settings))
+    # The same event loop as `serve` (uvicorn's "auto"): uvloop when it is installed.
+    loop_factory = None
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_run_worker(settings))
 
 
 async def _run_worker(settings: Settings) -> None:

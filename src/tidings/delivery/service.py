@@ -238,8 +238,8 @@ class Deliveries:
         self._loads = GroupCommit(self._load_many)
         # The `sending` mark is written while the provider is called, and the outcome after
         # it answered: neither holds up a provider call, so both wait 2 ms for company.
-        self._starts = GroupCommit(self._start_many, linger_seconds=0.002)
-        self._finishes = GroupCommit(self._finish_many, linger_seconds=0.002)
+        self._starts = GroupCommit(self._start_many, linger_seconds=0.01)
+        self._finishes = GroupCommit(self._finish_many, linger_seconds=0.01)
 
     # -- accepting --------------------------------------------------------------------------
 

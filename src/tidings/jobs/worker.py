@@ -78,6 +78,7 @@ class WorkerConfig:
     default_max_attempts: int = 5
     # While busy, a claim waits up to `claim_linger` seconds for concurrency ÷ 8 free slots.
     claim_linger: float = 0.005
+    completion_linger: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -306,6 +307,9 @@ class Worker:
             self._completed_ready.clear()
             if self._closing.is_set():
                 return  # stop() flushes what is left
+            # Nobody waits on a completion: gather a few more into the same statement.
+            if await self._pause(self._config.completion_linger, self._closing):
+                return
             try:
                 await self._flush_completions()
             except Exception:
