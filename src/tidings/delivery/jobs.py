@@ -13,8 +13,6 @@ will), and a message already `sent` or final is never sent again.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 import uuid
 from dataclasses import dataclass
@@ -29,8 +27,8 @@ from tidings.delivery.connectors.base import (
 )
 from tidings.delivery.connectors_service import Connectors, ConnectorStatus
 from tidings.delivery.guards import CircuitBreakers, ConnectorThrottle
-from tidings.delivery.models import Connector, DeliveryAttempt, OutboundMessage
-from tidings.delivery.service import DELIVERY_JOB, Deliveries, channel_content
+from tidings.delivery.models import Connector, DeliveryAttempt
+from tidings.delivery.service import DELIVERY_JOB, Deliveries, MessageView, channel_content
 from tidings.delivery.statuses import AttemptOutcome, MessageStatus
 from tidings.infra import metrics
 from tidings.infra.logging import get_logger
@@ -77,26 +75,12 @@ class DeliveryRunner:
         self._policy = policy
 
     async def run(self, context: JobContext, payload: dict[str, Any]) -> None:
-        message = await self._deliveries.load_for_attempt(uuid.UUID(payload["message_id"]))
+        message = await self._deliveries.start_attempt(uuid.UUID(payload["message_id"]))
         if message is None:
             return  # sent, final or cancelled already: never send twice
-        # While this job holds its lease only this job changes the message (a cancel needs the
-        # job still queued), so the `sending` mark is written while the provider is called
-        # rather than before: one transaction less between accept and delivery.
-        marking = asyncio.create_task(self._deliveries.start_attempt(message.id))
-        message.attempts += 1
-        try:
-            await self._deliver(context, message, marking)
-        finally:
-            with contextlib.suppress(Exception):
-                await marking
+        await self._deliver(context, message)
 
-    async def _deliver(
-        self,
-        context: JobContext,
-        message: OutboundMessage,
-        marking: asyncio.Task[int | None],
-    ) -> None:
+    async def _deliver(self, context: JobContext, message: MessageView) -> None:
         chain: list[uuid.UUID] = []
         if message.route_id is not None:
             chain = await self._deliveries.route_chain(message.route_id)
@@ -148,7 +132,6 @@ class DeliveryRunner:
                     continue
                 # The message itself is at fault (recipient, content): no connector can help.
                 await self._finish(
-                    marking,
                     message,
                     attempts,
                     status=MessageStatus.FAILED,
@@ -173,7 +156,6 @@ class DeliveryRunner:
                 )
             )
             await self._finish(
-                marking,
                 message,
                 attempts,
                 status=MessageStatus.SENT,
@@ -181,13 +163,12 @@ class DeliveryRunner:
                 provider_message_id=result.provider_message_id,
             )
             return
-        await self._exhausted(context, message, marking, attempts, last, retry_hints)
+        await self._exhausted(context, message, attempts, last, retry_hints)
 
     async def _exhausted(
         self,
         context: JobContext,
-        message: OutboundMessage,
-        marking: asyncio.Task[int | None],
+        message: MessageView,
         attempts: list[DeliveryAttempt],
         last: DeliveryError | None,
         retry_hints: list[float],
@@ -206,7 +187,6 @@ class DeliveryRunner:
             )
         if not retriable or context.attempt >= context.max_attempts:
             await self._finish(
-                marking,
                 message,
                 attempts,
                 status=MessageStatus.FAILED,
@@ -220,7 +200,6 @@ class DeliveryRunner:
             else backoff_delay(context.attempt, self._policy.backoff_base, self._policy.backoff_max)
         )
         await self._finish(
-            marking,
             message,
             attempts,
             status=MessageStatus.QUEUED,
@@ -231,14 +210,10 @@ class DeliveryRunner:
         raise RetryLater(delay, f"{error_class}: {error}")
 
     async def _finish(
-        self,
-        marking: asyncio.Task[int | None],
-        message: OutboundMessage,
-        attempts: list[DeliveryAttempt],
-        **outcome: Any,
+        self, message: MessageView, attempts: list[DeliveryAttempt], **outcome: Any
     ) -> None:
-        if await marking is None:
-            return  # another run of this job (after a lease expiry) got there first
+        # A message another run of this job (after a lease expiry) finished first is left as
+        # that run wrote it: the write only touches messages still `sending`.
         await self._deliveries.finish_attempt(message, attempts, **outcome)
 
     def _unusable(self, row: Connector | None) -> str | None:
@@ -252,9 +227,9 @@ class DeliveryRunner:
             return CIRCUIT_OPEN
         return None
 
-    async def _send(self, row: Connector, message: OutboundMessage, timing: _Timing) -> SendResult:
+    async def _send(self, row: Connector, message: MessageView, timing: _Timing) -> SendResult:
         connector = await self._connectors.instance(row)
-        content = channel_content(message.content, type(connector).channel)
+        content = channel_content(message.content or {}, type(connector).channel)
         if content is None:
             raise DeliveryError(
                 ErrorClass.CONFIGURATION,
@@ -276,7 +251,7 @@ class DeliveryRunner:
 
     @staticmethod
     def _attempt(
-        message: OutboundMessage,
+        message: MessageView,
         connector_id: uuid.UUID,
         outcome: AttemptOutcome,
         *,

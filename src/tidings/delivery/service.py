@@ -111,6 +111,7 @@ class MessageView:
     message_metadata: dict[str, Any]
     attempts: int
     send_at: datetime | None = None
+    content: dict[str, Any] | None = None  # the parts per channel; a start returns them
 
     @classmethod
     def queued(cls, values: dict[str, Any]) -> MessageView:
@@ -118,7 +119,14 @@ class MessageView:
         return cls(**{name: values[name] for name in _VIEW_FIELDS})
 
     @classmethod
-    def of(cls, row: Any, status: str, *, connector_id: uuid.UUID | None = None) -> MessageView:
+    def of(
+        cls,
+        row: Any,
+        status: str,
+        *,
+        connector_id: uuid.UUID | None = None,
+        content: dict[str, Any] | None = None,
+    ) -> MessageView:
         """From a row of `_VIEW_COLUMNS`, with its new status."""
         return cls(
             id=row.id,
@@ -129,6 +137,7 @@ class MessageView:
             route_id=row.route_id,
             message_metadata=row.message_metadata,
             attempts=row.attempts,
+            content=content,
         )
 
 
@@ -235,10 +244,10 @@ class Deliveries:
         self._max_attempts = max_attempts
         self._idempotency_ttl_hours = idempotency_ttl_hours
         self._single_accepts = GroupCommit(self._accept_group, max_batch=64)
-        self._loads = GroupCommit(self._load_many)
         # The `sending` mark is written while the provider is called, and the outcome after
         # it answered: neither holds up a provider call, so both wait 2 ms for company.
-        self._starts = GroupCommit(self._start_many, linger_seconds=0.01)
+        # A delivery waits on its start (no linger); nobody waits on its outcome.
+        self._starts = GroupCommit(self._start_many)
         self._finishes = GroupCommit(self._finish_many, linger_seconds=0.01)
 
     # -- accepting --------------------------------------------------------------------------
@@ -598,33 +607,15 @@ class Deliveries:
 
     # -- the delivery log, written by the job ----------------------------------------------
 
-    async def load_for_attempt(self, message_id: uuid.UUID) -> OutboundMessage | None:
-        """The message to deliver; None when it is sent, final or cancelled (nothing to do).
+    async def start_attempt(self, message_id: uuid.UUID) -> MessageView | None:
+        """Mark the message `sending` (one more attempt) and return it with its content, or None
+        when it is sent, final or cancelled already (nothing to do: never send twice).
 
-        Concurrent deliveries of this process share one read."""
-        return await self._loads.submit(message_id)
-
-    async def _load_many(self, ids: list[uuid.UUID]) -> list[OutboundMessage | None]:
-        async with self._db.read() as session:
-            rows = (
-                await session.scalars(
-                    select(OutboundMessage).where(
-                        OutboundMessage.id.in_(set(ids)),
-                        OutboundMessage.status.in_([MessageStatus.QUEUED, MessageStatus.SENDING]),
-                    )
-                )
-            ).all()
-        by_id = {row.id: row for row in rows}
-        return [by_id.get(message_id) for message_id in ids]
-
-    async def start_attempt(self, message_id: uuid.UUID) -> int | None:
-        """Mark the message `sending` (one more attempt): the attempt's number, or None when
-        the message is no longer deliverable.
-
-        Concurrent deliveries of this process share one transaction (group commit)."""
+        Concurrent deliveries of this process share one transaction (group commit). One
+        statement both checks and marks, so a delivery costs no separate read."""
         return await self._starts.submit(message_id)
 
-    async def _start_many(self, ids: list[uuid.UUID]) -> list[int | None]:
+    async def _start_many(self, ids: list[uuid.UUID]) -> list[MessageView | None]:
         now = utcnow()
         async with self._db.transaction() as session:
             rows = (
@@ -636,22 +627,24 @@ class Deliveries:
                     )
                     .values(status=MessageStatus.SENDING, attempts=_MESSAGES.c.attempts + 1)
                     .values(updated_at=now)
-                    .returning(*_VIEW_COLUMNS)
+                    .returning(*_VIEW_COLUMNS, _MESSAGES.c.content)
                 )
             ).all()
-            started = [MessageView.of(row, MessageStatus.SENDING) for row in rows]
+            started = [
+                MessageView.of(row, MessageStatus.SENDING, content=row.content) for row in rows
+            ]
             if started:
                 await emit_many(
                     session,
                     [self._event(m, "delivery.sending", attempt=m.attempts) for m in started],
                 )
-        by_id = {message.id: message.attempts for message in started}
+        by_id = {message.id: message for message in started}
         # The same message twice in one batch (a duplicate job) is sent by the first only.
         return [by_id.pop(message_id, None) for message_id in ids]
 
     async def finish_attempt(
         self,
-        message: OutboundMessage,
+        message: MessageView,
         attempts: Sequence[DeliveryAttempt],
         *,
         status: MessageStatus,
@@ -731,7 +724,7 @@ class _AcceptCall:
 
 @dataclass(frozen=True)
 class _Finish:
-    message: OutboundMessage
+    message: MessageView
     attempts: list[DeliveryAttempt]
     status: MessageStatus
     connector_id: uuid.UUID | None
