@@ -27,8 +27,14 @@ from tidings.delivery.connectors.base import (
 )
 from tidings.delivery.connectors_service import Connectors, ConnectorStatus
 from tidings.delivery.guards import CircuitBreakers, ConnectorThrottle
-from tidings.delivery.models import Connector, DeliveryAttempt
-from tidings.delivery.service import DELIVERY_JOB, Deliveries, MessageView, channel_content
+from tidings.delivery.models import Connector
+from tidings.delivery.service import (
+    DELIVERY_JOB,
+    AttemptRecord,
+    Deliveries,
+    MessageView,
+    channel_content,
+)
 from tidings.delivery.statuses import AttemptOutcome, MessageStatus
 from tidings.infra import metrics
 from tidings.infra.logging import get_logger
@@ -86,7 +92,7 @@ class DeliveryRunner:
             chain = await self._deliveries.route_chain(message.route_id)
         elif message.connector_id is not None:
             chain = [message.connector_id]
-        attempts: list[DeliveryAttempt] = []
+        attempts: list[AttemptRecord] = []
         retry_hints: list[float] = []
         last: DeliveryError | None = None
         for connector_id in chain:
@@ -169,7 +175,7 @@ class DeliveryRunner:
         self,
         context: JobContext,
         message: MessageView,
-        attempts: list[DeliveryAttempt],
+        attempts: list[AttemptRecord],
         last: DeliveryError | None,
         retry_hints: list[float],
     ) -> None:
@@ -210,7 +216,7 @@ class DeliveryRunner:
         raise RetryLater(delay, f"{error_class}: {error}")
 
     async def _finish(
-        self, message: MessageView, attempts: list[DeliveryAttempt], **outcome: Any
+        self, message: MessageView, attempts: list[AttemptRecord], **outcome: Any
     ) -> None:
         # A message another run of this job (after a lease expiry) finished first is left as
         # that run wrote it: the write only touches messages still `sending`.
@@ -261,9 +267,9 @@ class DeliveryRunner:
         error_class: ErrorClass | None = None,
         status: int | None = None,
         response: str | None = None,
-    ) -> DeliveryAttempt:
+    ) -> AttemptRecord:
         now = utcnow()
-        return DeliveryAttempt(
+        return AttemptRecord(
             id=new_id(),
             message_id=message.id,
             number=message.attempts,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -37,6 +37,7 @@ DELIVERY_JOB = "delivery.send"
 MAX_BATCH = 1000
 
 _MESSAGES: Table = OutboundMessage.__table__  # type: ignore[assignment]
+_ATTEMPTS: Table = DeliveryAttempt.__table__  # type: ignore[assignment]
 # What a delivery event says of its message (see `Deliveries._event`).
 _VIEW_COLUMNS = (
     _MESSAGES.c.id,
@@ -95,6 +96,23 @@ class _MessageView(Protocol):
     def message_metadata(self) -> dict[str, Any]: ...
     @property
     def attempts(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One row of the delivery log, as a delivery job writes it (a Core insert, no ORM object)."""
+
+    id: uuid.UUID
+    message_id: uuid.UUID
+    number: int
+    connector_id: uuid.UUID | None
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str
+    error_class: str | None
+    provider_status: int | None
+    provider_response: str | None
+    latency_ms: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -645,7 +663,7 @@ class Deliveries:
     async def finish_attempt(
         self,
         message: MessageView,
-        attempts: Sequence[DeliveryAttempt],
+        attempts: Sequence[AttemptRecord],
         *,
         status: MessageStatus,
         connector_id: uuid.UUID | None = None,
@@ -673,7 +691,9 @@ class Deliveries:
         all of them (rather than an UPDATE … RETURNING per message)."""
         now = utcnow()
         async with self._db.transaction() as session:
-            session.add_all([a for finish in finishes for a in finish.attempts])
+            attempts = [asdict(a) for finish in finishes for a in finish.attempts]
+            if attempts:
+                await session.execute(insert(_ATTEMPTS), attempts)
             sending = {
                 row.id: row
                 for row in (
@@ -725,7 +745,7 @@ class _AcceptCall:
 @dataclass(frozen=True)
 class _Finish:
     message: MessageView
-    attempts: list[DeliveryAttempt]
+    attempts: list[AttemptRecord]
     status: MessageStatus
     connector_id: uuid.UUID | None
     provider_message_id: str | None
