@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -114,6 +114,10 @@ class AttemptRecord:
     provider_response: str | None
     latency_ms: float | None
 
+    def values(self) -> dict[str, Any]:
+        # Not dataclasses.asdict(): that deep-copies every value.
+        return {name: getattr(self, name) for name in _ATTEMPT_FIELDS}
+
 
 @dataclass(frozen=True, slots=True)
 class MessageView:
@@ -160,6 +164,7 @@ class MessageView:
 
 
 _VIEW_FIELDS = tuple(MessageView.__dataclass_fields__)
+_ATTEMPT_FIELDS = tuple(AttemptRecord.__dataclass_fields__)
 
 
 @dataclass(frozen=True)
@@ -691,7 +696,7 @@ class Deliveries:
         all of them (rather than an UPDATE … RETURNING per message)."""
         now = utcnow()
         async with self._db.transaction() as session:
-            attempts = [asdict(a) for finish in finishes for a in finish.attempts]
+            attempts = [a.values() for finish in finishes for a in finish.attempts]
             if attempts:
                 await session.execute(insert(_ATTEMPTS), attempts)
             sending = {
