@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -18,7 +17,6 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -75,9 +73,14 @@ class Database:
             self._write_lock: asyncio.Lock | None = asyncio.Lock()
         else:
             self.write_engine = create_async_engine(
-                self.url, pool_size=pool_size, max_overflow=pool_size, echo=echo
+                self.url,
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                # A round trip per checkout, but a restarted server costs no request an error
+                # (pinging only connections idle for a while failed a submit right after one).
+                pool_pre_ping=True,
+                echo=echo,
             )
-            _ping_when_idle(self.write_engine)
             self.read_engine = self.write_engine
             self._write_lock = None
         # `driver_connection()`'s own small pool: used only in autocommit, so it needs no reset
@@ -205,37 +208,6 @@ async def _run_after_commit(session: AsyncSession) -> None:
         except Exception:
             # The state is committed; a lost wake-up is recovered by the sweeper and poller.
             _log.exception("after_commit_callback_failed")
-
-
-# A connection back in the pool for longer than this is pinged before it is handed out.
-IDLE_PING_SECONDS = 2.0
-_RETURNED_AT = "tidings.returned_at"
-
-
-def _ping_when_idle(engine: AsyncEngine) -> None:
-    """SQLAlchemy's `pool_pre_ping`, but only for connections that sat idle in the pool.
-
-    A ping is a round trip on every checkout: under load that was a tenth of a delivery
-    worker's time. A PostgreSQL restart is noticed by the first checkout after it (the pool
-    has been idle or the connection that notices it fails); a busy connection that meets a
-    dead server raises, and SQLAlchemy then invalidates the whole pool, so the next
-    transaction starts on a fresh connection.
-    """
-
-    @event.listens_for(engine.sync_engine, "checkin")
-    def _returned(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-        record.info[_RETURNED_AT] = time.monotonic()
-
-    @event.listens_for(engine.sync_engine, "checkout")
-    def _checkout(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
-        returned_at = record.info.get(_RETURNED_AT)
-        if returned_at is None or time.monotonic() - returned_at < IDLE_PING_SECONDS:
-            return  # new, or just used
-        try:
-            dbapi_connection.ping()
-        except Exception as exc:
-            # The pool discards this connection and checks out another (a new one if needed).
-            raise DisconnectionError("the connection failed its ping") from exc
 
 
 def _sqlite_engine(
