@@ -157,12 +157,14 @@ class Runtime:
         self.dispatcher.start()
         if self.worker is not None:
             await self.worker.start()
+            self.db.hooks.local_worker = self.worker
         self.started = True
         _log.info(
             "runtime_started", node=self.node_id, role=self.role, **self.settings.safe_summary()
         )
 
     async def stop(self) -> None:
+        self.db.hooks.local_worker = None
         if self.worker is not None:
             await self.worker.stop()
         await self.dispatcher.stop()

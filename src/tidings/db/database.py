@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, make_url
@@ -39,6 +39,19 @@ class CommitHooks:
 
     events_committed: Callable[[], None] | None = None
     jobs_committed: Callable[[list[uuid.UUID]], Awaitable[None]] | None = None
+    # This process's job worker, when it runs one: jobs queued here can start here at once.
+    local_worker: LocalWorker | None = None
+
+
+class LocalWorker(Protocol):
+    """What `jobs.enqueue_many` needs of a worker to hand it jobs without the queue."""
+
+    node_id: str
+    lease_seconds: float
+
+    def can_adopt(self, count: int) -> bool: ...
+
+    def adopt(self, jobs: list[Any]) -> None: ...
 
 
 def hooks_of(session: AsyncSession) -> CommitHooks:

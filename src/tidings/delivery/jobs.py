@@ -13,9 +13,11 @@ will), and a message already `sent` or final is never sent again.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tidings.db.base import new_id, utcnow
@@ -79,12 +81,33 @@ class DeliveryRunner:
         self._breakers = breakers
         self._throttle = throttle
         self._policy = policy
+        # The `sending` marks of fresh messages, written while their provider is called.
+        self._marking: dict[uuid.UUID, asyncio.Task[MessageView | None]] = {}
 
     async def run(self, context: JobContext, payload: dict[str, Any]) -> None:
+        fresh = context.local
+        if isinstance(fresh, MessageView) and context.attempt == 1:
+            await self._run_fresh(context, fresh)
+            return
         message = await self._deliveries.start_attempt(uuid.UUID(payload["message_id"]))
         if message is None:
             return  # sent, final or cancelled already: never send twice
         await self._deliver(context, message)
+
+    async def _run_fresh(self, context: JobContext, queued: MessageView) -> None:
+        """A message accepted by this process a moment ago, its job leased to this worker
+        since the INSERT: nothing else can have sent, finished or cancelled it, so it goes to
+        the provider at once, and the `sending` mark is written meanwhile (it must commit
+        before the outcome, which only touches messages that are `sending`)."""
+        message = replace(queued, status=MessageStatus.SENDING, attempts=queued.attempts + 1)
+        marking = asyncio.create_task(self._deliveries.start_attempt(message.id))
+        self._marking[message.id] = marking
+        try:
+            await self._deliver(context, message)
+        finally:
+            self._marking.pop(message.id, None)
+            with contextlib.suppress(Exception):
+                await marking
 
     async def _deliver(self, context: JobContext, message: MessageView) -> None:
         chain: list[uuid.UUID] = []
@@ -218,6 +241,9 @@ class DeliveryRunner:
     async def _finish(
         self, message: MessageView, attempts: list[AttemptRecord], **outcome: Any
     ) -> None:
+        marking = self._marking.pop(message.id, None)
+        if marking is not None and await marking is None:
+            return  # no longer deliverable when marked: nothing of this run to record
         # A message another run of this job (after a lease expiry) finished first is left as
         # that run wrote it: the write only touches messages still `sending`.
         await self._deliveries.finish_attempt(message, attempts, **outcome)

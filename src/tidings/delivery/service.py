@@ -378,9 +378,12 @@ class Deliveries:
             )
             for values in rows
         ]
-        for values, job_id in zip(rows, await jobs.enqueue_many(session, job_rows), strict=True):
-            values["job_id"] = job_id
         messages = [MessageView.queued(values) for values in rows]
+        # If this process runs a worker with room, each job starts right after the COMMIT
+        # with its message in hand (no claim, no read back before the provider is called).
+        queued = await jobs.enqueue_many(session, job_rows, local=messages)
+        for values, job_id in zip(rows, queued, strict=True):
+            values["job_id"] = job_id
         # A bulk INSERT, not the ORM unit of work: a batch is up to a thousand rows.
         await session.execute(insert(OutboundMessage), rows)
         await emit_many(session, [self._event(m, "delivery.queued") for m in messages])

@@ -33,6 +33,22 @@ class JobContext:
     max_attempts: int
     db: Database
     resources: Mapping[str, Any] = field(default_factory=dict)
+    # What the code that queued the job handed this process's worker with it (never stored):
+    # set only for a job run where it was queued, straight after the COMMIT (`enqueue_many`).
+    local: Any = None
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job leased to a worker, as the claim (or an adopting enqueue) hands it over."""
+
+    id: uuid.UUID
+    name: str
+    payload: dict[str, Any]
+    attempts: int
+    max_attempts: int
+    run_at: datetime
+    local: Any = None  # see JobContext.local
 
 
 JobHandler = Callable[[JobContext, dict[str, Any]], Awaitable[None]]

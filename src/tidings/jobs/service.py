@@ -20,9 +20,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from tidings.db.base import new_id, utcnow
-from tidings.db.database import Database, after_commit, hooks_of
+from tidings.db.database import Database, LocalWorker, after_commit, hooks_of
 from tidings.infra.logging import get_logger
 from tidings.jobs.models import ACTIVE_STATUSES, Job, JobStatus
+from tidings.jobs.registry import ClaimedJob
 from tidings.jobs.store import store_for
 
 DEFAULT_MAX_ATTEMPTS = 5
@@ -168,14 +169,68 @@ async def enqueue(
     return job_id
 
 
-async def enqueue_many(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> list[uuid.UUID]:
+async def enqueue_many(
+    session: AsyncSession,
+    rows: Sequence[dict[str, Any]],
+    *,
+    local: Sequence[Any] | None = None,
+) -> list[uuid.UUID]:
     """Queue many jobs (rows from `job_row`, without dedupe keys) in the caller's transaction,
-    with one INSERT; their ids, in order."""
+    with one INSERT; their ids, in order.
+
+    When this process runs a worker with a free slot for each job and every job is due now,
+    the jobs are written already leased to it and start right after the COMMIT, with
+    `local[i]` as their `JobContext.local` (an in-memory hand-over, e.g. what the handler
+    would otherwise read back). Otherwise they go through the queue as usual.
+    """
     if any(row["dedupe_key"] is not None for row in rows):
         raise ValueError("enqueue_many takes no dedupe keys; use enqueue for those")
+    worker = hooks_of(session).local_worker
+    now = utcnow()
+    due_now = bool(rows) and all(row["run_at"] <= now for row in rows)
+    if worker is not None and due_now and worker.can_adopt(len(rows)):
+        return await _enqueue_adopted(session, worker, rows, local, now)
     answers = await insert_jobs(await session.connection(), rows)
     for job_id in due_ids(rows, answers):
         _publish_after_commit(session, job_id)
+    return answers
+
+
+async def _enqueue_adopted(
+    session: AsyncSession,
+    worker: LocalWorker,
+    rows: Sequence[dict[str, Any]],
+    local: Sequence[Any] | None,
+    now: datetime,
+) -> list[uuid.UUID]:
+    """Insert the jobs as a claim would leave them, leased to `worker`; start them after
+    COMMIT. A rollback leaves nothing behind: the rows and the hand-over go together."""
+    lease = now + timedelta(seconds=worker.lease_seconds)
+    leased = [
+        {
+            **row,
+            "status": JobStatus.RUNNING.value,
+            "attempts": 1,
+            "locked_by": worker.node_id,
+            "lease_expires_at": lease,
+            "published_at": now,
+        }
+        for row in rows
+    ]
+    answers = await insert_jobs(await session.connection(), leased)
+    claimed = [
+        ClaimedJob(
+            row["id"],
+            row["name"],
+            row["payload"],
+            1,
+            row["max_attempts"],
+            row["run_at"],
+            local[index] if local is not None else None,
+        )
+        for index, row in enumerate(leased)
+    ]
+    after_commit(session, lambda: worker.adopt(claimed))
     return answers
 
 

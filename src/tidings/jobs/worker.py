@@ -26,7 +26,13 @@ from tidings.infra import metrics
 from tidings.infra.logging import get_logger
 from tidings.jobs import service
 from tidings.jobs.models import Job, JobStatus, PeriodicSchedule
-from tidings.jobs.registry import JobContext, JobRegistry, PermanentJobError, RetryLater
+from tidings.jobs.registry import (
+    ClaimedJob,
+    JobContext,
+    JobRegistry,
+    PermanentJobError,
+    RetryLater,
+)
 from tidings.jobs.store import store_for
 from tidings.jobs.transport import JobTransport
 
@@ -81,16 +87,6 @@ class WorkerConfig:
     completion_linger: float = 0.01
 
 
-@dataclass(frozen=True)
-class ClaimedJob:
-    id: uuid.UUID
-    name: str
-    payload: dict[str, Any]
-    attempts: int
-    max_attempts: int
-    run_at: datetime
-
-
 def backoff_delay(attempt: int, base: float, cap: float) -> float:
     """Exponential backoff with equal jitter: half fixed, half random, never above `cap`."""
     delay = min(cap, base * 2.0 ** max(0, attempt - 1))
@@ -113,7 +109,9 @@ class Worker:
         self._transport = transport
         self._registry = registry
         self._node_id = node_id
+        self.node_id = node_id
         self._config = config or WorkerConfig()
+        self.lease_seconds = self._config.lease_seconds
         self._resources = resources or {}
         self._running: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._slot_free = asyncio.Event()
@@ -170,6 +168,32 @@ class Worker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(until.wait(), seconds)
         return until.is_set()
+
+    # -- jobs queued in this process --------------------------------------------------------
+
+    def can_adopt(self, count: int) -> bool:
+        """Would `count` jobs queued here now start at once (a slot free for each)?"""
+        if self._stopping.is_set():
+            return False
+        return len(self._running) + count <= self._config.concurrency
+
+    def adopt(self, jobs: list[ClaimedJob]) -> None:
+        """Run jobs that were written already leased to this worker (`jobs.enqueue_many`).
+
+        They skip the transport and the claim: what stands between a commit and the job's
+        start is one loop turn. If this process dies first, their leases expire and the
+        sweeper of any worker queues them again, as for a job that was running.
+        """
+        for job in jobs:
+            run = self._hand_back(job) if self._stopping.is_set() else self._execute(job)
+            self._running[job.id] = asyncio.create_task(run)
+
+    async def _hand_back(self, job: ClaimedJob) -> None:
+        """Too late to start (the worker is stopping): back to the queue for another worker."""
+        try:
+            await self._release(job)
+        finally:
+            self._running.pop(job.id, None)
 
     # -- receiving and claiming -------------------------------------------------------------
 
@@ -235,6 +259,7 @@ class Worker:
                 max_attempts=job.max_attempts,
                 db=self._db,
                 resources=self._resources,
+                local=job.local,
             )
             await asyncio.wait_for(
                 definition.handler(context, job.payload), definition.timeout_seconds
