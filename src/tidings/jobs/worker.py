@@ -261,9 +261,10 @@ class Worker:
                 resources=self._resources,
                 local=job.local,
             )
-            await asyncio.wait_for(
-                definition.handler(context, job.payload), definition.timeout_seconds
-            )
+            # A timeout scope, not wait_for(): that runs the handler in a task of its own,
+            # one more loop turn before the job starts.
+            async with asyncio.timeout(definition.timeout_seconds):
+                await definition.handler(context, job.payload)
         except asyncio.CancelledError:
             # Shutdown ran out of grace: hand the job back, it was not its fault.
             await asyncio.shield(self._release(job))
