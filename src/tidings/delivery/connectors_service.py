@@ -193,6 +193,7 @@ class Connectors:
             credentials_key_id=sealed.key_id,
             credentials_wrapped_key=sealed.wrapped_key,
             credentials_ciphertext=sealed.ciphertext,
+            credentials_masked=_mask_credentials(parsed_credentials),
             status=ConnectorStatus.ACTIVE,
             max_concurrency=max_concurrency,
             rate_per_second=rate_per_second,
@@ -209,7 +210,7 @@ class Connectors:
                 f"A connector named {name!r} exists in this workspace.",
                 code="connector_name_taken",
             ) from None
-        return ConnectorView(row, _mask_credentials(parsed_credentials))
+        return ConnectorView(row, row.credentials_masked or {})
 
     async def update(
         self,
@@ -241,6 +242,7 @@ class Connectors:
                     row.credentials_key_id = sealed.key_id
                     row.credentials_wrapped_key = sealed.wrapped_key
                     row.credentials_ciphertext = sealed.ciphertext
+                    row.credentials_masked = _mask_credentials(parsed)
                     # New credentials may be what a broken connector needed.
                     if row.status == ConnectorStatus.BROKEN:
                         row.status, row.status_reason = ConnectorStatus.ACTIVE, None
@@ -251,14 +253,13 @@ class Connectors:
                 row.updated_at = utcnow()
                 await session.flush()
                 await self._emit(session, row, "connector.updated", actor)
-                view_credentials = await self._credentials_of(row)
         except IntegrityError:
             raise Conflict(
                 f"A connector named {name!r} exists in this workspace.",
                 code="connector_name_taken",
             ) from None
         self._forget(row.id)
-        return ConnectorView(row, _mask_credentials(view_credentials))
+        return ConnectorView(row, await self._masked_of(row))
 
     async def set_status(
         self,
@@ -357,7 +358,7 @@ class Connectors:
     async def get(self, workspace_id: uuid.UUID, connector_ref: str) -> ConnectorView:
         async with self._db.read() as session:
             row = await self._get_row(session, workspace_id, connector_ref)
-        return ConnectorView(row, _mask_credentials(await self._credentials_of(row)))
+        return ConnectorView(row, await self._masked_of(row))
 
     async def list_connectors(self, workspace_id: uuid.UUID) -> list[ConnectorView]:
         async with self._db.read() as session:
@@ -368,15 +369,20 @@ class Connectors:
                     .order_by(Connector.name)
                 )
             ).all()
-        return [
-            ConnectorView(row, _mask_credentials(await self._credentials_of(row))) for row in rows
-        ]
+        return [ConnectorView(row, await self._masked_of(row)) for row in rows]
 
     async def resolve_ids(
         self, session: AsyncSession, workspace_id: uuid.UUID, refs: Sequence[str]
     ) -> list[Connector]:
         """The connectors `refs` (ids or names) name in this workspace, in order."""
         return [await self._get_row(session, workspace_id, ref) for ref in refs]
+
+    async def _masked_of(self, row: Connector) -> dict[str, str | None]:
+        """The masked credentials; opened and masked only for a row written before masks were
+        stored (revision 0006)."""
+        if row.credentials_masked is not None:
+            return row.credentials_masked
+        return _mask_credentials(await self._credentials_of(row))
 
     async def _credentials_of(self, row: Connector) -> ConnectorCredentials:
         connector_type = self._type_of(row.type)

@@ -42,6 +42,8 @@ class Connector(Base):
     credentials_key_id: Mapped[str | None] = mapped_column(String(40))
     credentials_wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary)
     credentials_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # What the API shows of them (``••••abcd``), written with them: reads open nothing.
+    credentials_masked: Mapped[dict[str, str | None] | None] = mapped_column(JSONDocument)
     # active | broken (the provider refused our credentials) | disabled (by a person)
     status: Mapped[str] = mapped_column(String(16), default="active")
     status_reason: Mapped[str | None] = mapped_column(String(500))

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import event, func, select, text
+from sqlalchemy import event, func, select, text, update
 
 from tests.delivery.providers.base import Reply
 from tests.delivery.providers.webhook import WebhookReceiver
@@ -492,6 +492,47 @@ async def test_credentials_are_sealed_masked_and_never_shown(
         row = await session.get(Connector, uuid.UUID(connector["id"]))
         assert row is not None
         assert row.credentials_key_id is not None
+
+
+async def test_reading_connectors_opens_no_credentials(
+    client: httpx.AsyncClient,
+    team: Team,
+    receiver: WebhookReceiver,
+    app: FastAPI,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The list and one connector show masks written with the credentials: a read never
+    unseals them; a row from before masks were stored is masked from its sealed credentials."""
+    connector = await add_webhook(client, team, receiver)
+    runtime = app.state.runtime
+    opened: list[object] = []
+    real_open = runtime.keyring.open
+
+    async def counting_open(*args: Any, **kwargs: Any) -> bytes:
+        opened.append(args)
+        return bytes(await real_open(*args, **kwargs))
+
+    monkeypatch.setattr(runtime.keyring, "open", counting_open)
+    base = f"/api/v1/workspaces/{team.workspace_id}/connectors"
+    listed = await client.get(base, headers=team.owner.headers)
+    one = await client.get(f"{base}/{connector['id']}", headers=team.owner.headers)
+    renamed = await client.patch(
+        f"{base}/{connector['id']}", json={"name": "hook2"}, headers=team.owner.headers
+    )
+    masked = "••••" + receiver.secret[-4:]
+    assert listed.json()[0]["credentials"]["signing_secret"] == masked
+    assert one.json()["credentials"]["signing_secret"] == masked
+    assert renamed.json()["credentials"]["signing_secret"] == masked
+    assert opened == []
+    async with runtime.db.transaction() as session:  # as revision 0005 left it
+        await session.execute(
+            update(Connector)
+            .where(Connector.id == uuid.UUID(connector["id"]))
+            .values(credentials_masked=None)
+        )
+    legacy = await client.get(f"{base}/{connector['id']}", headers=team.owner.headers)
+    assert legacy.json()["credentials"]["signing_secret"] == masked
+    assert len(opened) == 1
 
 
 async def test_connector_settings_are_validated(client: httpx.AsyncClient, team: Team) -> None:
