@@ -14,7 +14,6 @@ will), and a message already `sent` or final is never sent again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -104,10 +103,14 @@ class DeliveryRunner:
         self._marking[message.id] = marking
         try:
             await self._deliver(context, message)
+        except BaseException:
+            # Cancelled (a shutdown past its grace) or failed: the mark must not outlive the
+            # job as an orphan task; the next run of the job starts the message again.
+            marking.cancel()
+            raise
         finally:
             self._marking.pop(message.id, None)
-            with contextlib.suppress(Exception):
-                await marking
+            await asyncio.gather(marking, return_exceptions=True)
 
     async def _deliver(self, context: JobContext, message: MessageView) -> None:
         chain: list[uuid.UUID] = []
