@@ -184,6 +184,11 @@ class Worker:
         start is one loop turn. If this process dies first, their leases expire and the
         sweeper of any worker queues them again, as for a job that was running.
         """
+        if self._closing.is_set():
+            # Stopped already: nothing would wait for a task now. Their leases expire and the
+            # sweeper of a worker queues them again.
+            _log.warning("jobs_adopted_after_stop", count=len(jobs))
+            return
         for job in jobs:
             run = self._hand_back(job) if self._stopping.is_set() else self._execute(job)
             self._running[job.id] = asyncio.create_task(run)
