@@ -912,38 +912,38 @@ def summarize(rounds: list[dict[str, Any]], params: Params, systems: list[str]) 
             }
         summary[system] = entry
     ratios: dict[str, Any] = {}
+
+    def paired(system: str, section: str) -> list[dict[str, Any]]:
+        """The rounds in which both this system and BullMQ ran `section` (ratios are taken
+        within a round)."""
+        return [r for r in rounds if all(r.get(s, {}).get(section) for s in (system, "bullmq"))]
+
     for system in [s for s in systems if s.startswith("tidings-")]:
-        both = [
-            r
-            for r in rounds
-            if all(r.get(s, {}).get(k) for s in (system, "bullmq") for k in ("accept", "latency"))
-            and r[system].get("delivery")
-            and r["bullmq"].get("delivery")
-        ]
-        for workers in both[0][system]["delivery"] if both else []:
-            ratios[f"{system}/bullmq delivery {workers}w"] = _spread(
-                [
-                    r[system]["delivery"][workers]["deliveries_per_s"]
-                    / r["bullmq"]["delivery"][workers]["deliveries_per_s"]
-                    for r in both
-                ]
-            )
-        if not both:
-            continue
-        if "latency" in both[0][system]:
+        delivered = paired(system, "delivery")
+        for workers in delivered[0][system]["delivery"] if delivered else []:
+            pairs = [r for r in delivered if workers in r["bullmq"]["delivery"]]
+            if pairs:
+                ratios[f"{system}/bullmq delivery {workers}w"] = _spread(
+                    [
+                        r[system]["delivery"][workers]["deliveries_per_s"]
+                        / r["bullmq"]["delivery"][workers]["deliveries_per_s"]
+                        for r in pairs
+                    ]
+                )
+        if timed := paired(system, "latency"):
             ratios[f"{system}/bullmq accept→receipt p99"] = _spread(
                 [
                     r[system]["latency"]["accept_to_receipt_ms"]["p99"]
                     / r["bullmq"]["latency"]["accept_to_receipt_ms"]["p99"]
-                    for r in both
+                    for r in timed
                 ]
             )
-        if "accept" in both[0][system]:
+        if accepted := paired(system, "accept"):
             ratios[f"{system}/bullmq single accepts"] = _spread(
                 [
                     r[system]["accept"]["single"]["messages_per_s"]
                     / r["bullmq"]["accept"]["single"]["messages_per_s"]
-                    for r in both
+                    for r in accepted
                 ]
             )
     summary["ratios"] = ratios
