@@ -338,6 +338,7 @@ class Messages:
             next_seq[conversation_id] = last - counts[conversation_id] + 1
 
         messages: list[Message] = []
+        rows: list[dict[str, Any]] = []  # the INSERT's values (not read back from the objects)
         mentioned: list[tuple[Message, Mentions]] = []
         read_up_to: dict[tuple[uuid.UUID, uuid.UUID], int] = {}
         new_events: list[NewEvent] = []
@@ -346,27 +347,29 @@ class Messages:
             seq = next_seq[conversation.id]
             next_seq[conversation.id] = seq + 1
             mentions = parse_mentions(item.draft.body)
-            message = Message(
-                id=new_id(),
-                conversation_id=conversation.id,
-                workspace_id=conversation.workspace_id,
-                seq=seq,
-                sender_kind=sender.kind.value,
-                sender_id=sender.id,
-                sender_name=sender.name,
-                body=item.draft.body,
-                client_id=item.draft.client_id,
-                fingerprint=item.draft.fingerprint if item.draft.client_id else None,
-                mentions=mentions.as_dict(),
-                thread_root_id=root.id if root else None,
-                reply_count=0,
-                last_reply_at=None,
-                created_at=now,
-                edited_at=None,
-                deleted_at=None,
-                pinned_at=None,
-                pinned_by=None,
-            )
+            values: dict[str, Any] = {
+                "id": new_id(),
+                "conversation_id": conversation.id,
+                "workspace_id": conversation.workspace_id,
+                "seq": seq,
+                "sender_kind": sender.kind.value,
+                "sender_id": sender.id,
+                "sender_name": sender.name,
+                "body": item.draft.body,
+                "client_id": item.draft.client_id,
+                "fingerprint": item.draft.fingerprint if item.draft.client_id else None,
+                "mentions": mentions.as_dict(),
+                "thread_root_id": root.id if root else None,
+                "reply_count": 0,
+                "last_reply_at": None,
+                "created_at": now,
+                "edited_at": None,
+                "deleted_at": None,
+                "pinned_at": None,
+                "pinned_by": None,
+            }
+            rows.append(values)
+            message = Message(**values)
             messages.append(message)
             if mentions.users or mentions.broadcast:
                 mentioned.append((message, mentions))
@@ -392,10 +395,7 @@ class Messages:
             )
         if not messages:
             return messages
-        await session.execute(
-            insert(Message),
-            [{c.key: getattr(m, c.key) for c in Message.__table__.columns} for m in messages],
-        )
+        await session.execute(insert(Message), rows)
         for message, mentions in mentioned:
             await self._record_mentions(session, message, mentions)
         for message, item in zip(messages, ready, strict=True):
