@@ -38,6 +38,8 @@ MAX_BATCH = 1000
 
 _MESSAGES: Table = OutboundMessage.__table__  # type: ignore[assignment]
 _ATTEMPTS: Table = DeliveryAttempt.__table__  # type: ignore[assignment]
+# Attribute names whose column is named otherwise (`metadata` is taken on ORM classes).
+_COLUMN_OF = {"message_metadata": "metadata"}
 # What a delivery event says of its message (see `Deliveries._event`).
 _VIEW_COLUMNS = (
     _MESSAGES.c.id,
@@ -382,10 +384,13 @@ class Deliveries:
         # If this process runs a worker with room, each job starts right after the COMMIT
         # with its message in hand (no claim, no read back before the provider is called).
         queued = await jobs.enqueue_many(session, job_rows, local=messages)
-        for values, job_id in zip(rows, queued, strict=True):
-            values["job_id"] = job_id
-        # A bulk INSERT, not the ORM unit of work: a batch is up to a thousand rows.
-        await session.execute(insert(OutboundMessage), rows)
+        # A Core INSERT on the table (column keys), not the ORM's bulk path, which maps every
+        # row through the mapper: a batch is up to a thousand rows.
+        table_rows = [
+            {_COLUMN_OF.get(key, key): value for key, value in values.items()} | {"job_id": job_id}
+            for values, job_id in zip(rows, queued, strict=True)
+        ]
+        await session.execute(insert(_MESSAGES), table_rows)
         await emit_many(session, [self._event(m, "delivery.queued") for m in messages])
         return messages
 
