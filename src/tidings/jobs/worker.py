@@ -172,7 +172,11 @@ class Worker:
     # -- jobs queued in this process --------------------------------------------------------
 
     def can_adopt(self, count: int) -> bool:
-        """Would `count` jobs queued here now start at once (a slot free for each)?"""
+        """Would `count` jobs queued here now start at once (a slot free for each)?
+
+        Asked before the queuing transaction commits, and nothing is reserved: transactions
+        committing together may start more jobs than `concurrency` for a moment (the receive
+        loop then claims nothing until slots free up)."""
         if self._stopping.is_set():
             return False
         return len(self._running) + count <= self._config.concurrency
