@@ -48,6 +48,11 @@ CIRCUIT_OPEN = "circuit open: the connector failed repeatedly; it is skipped for
 _CONNECTOR_FAULTS = frozenset({ErrorClass.AUTH, ErrorClass.BLOCKED, ErrorClass.CONFIGURATION})
 
 
+# A fresh message's `sending` mark, written while its provider is called; None when the mark
+# was written before the call.
+_Marking = asyncio.Task[MessageView | None] | None
+
+
 class _Timing:
     def __init__(self) -> None:
         self.started_at = utcnow()
@@ -80,8 +85,6 @@ class DeliveryRunner:
         self._breakers = breakers
         self._throttle = throttle
         self._policy = policy
-        # The `sending` marks of fresh messages, written while their provider is called.
-        self._marking: dict[uuid.UUID, asyncio.Task[MessageView | None]] = {}
 
     async def run(self, context: JobContext, payload: dict[str, Any]) -> None:
         fresh = context.local
@@ -100,19 +103,19 @@ class DeliveryRunner:
         before the outcome, which only touches messages that are `sending`)."""
         message = replace(queued, status=MessageStatus.SENDING, attempts=queued.attempts + 1)
         marking = asyncio.create_task(self._deliveries.start_attempt(message.id))
-        self._marking[message.id] = marking
         try:
-            await self._deliver(context, message)
+            await self._deliver(context, message, marking)
         except BaseException:
             # Cancelled (a shutdown past its grace) or failed: the mark must not outlive the
             # job as an orphan task; the next run of the job starts the message again.
             marking.cancel()
             raise
         finally:
-            self._marking.pop(message.id, None)
             await asyncio.gather(marking, return_exceptions=True)
 
-    async def _deliver(self, context: JobContext, message: MessageView) -> None:
+    async def _deliver(
+        self, context: JobContext, message: MessageView, marking: _Marking = None
+    ) -> None:
         chain: list[uuid.UUID] = []
         if message.route_id is not None:
             chain = await self._deliveries.route_chain(message.route_id)
@@ -164,6 +167,7 @@ class DeliveryRunner:
                     continue
                 # The message itself is at fault (recipient, content): no connector can help.
                 await self._finish(
+                    marking,
                     message,
                     attempts,
                     status=MessageStatus.FAILED,
@@ -188,6 +192,7 @@ class DeliveryRunner:
                 )
             )
             await self._finish(
+                marking,
                 message,
                 attempts,
                 status=MessageStatus.SENT,
@@ -195,12 +200,13 @@ class DeliveryRunner:
                 provider_message_id=result.provider_message_id,
             )
             return
-        await self._exhausted(context, message, attempts, last, retry_hints)
+        await self._exhausted(context, message, marking, attempts, last, retry_hints)
 
     async def _exhausted(
         self,
         context: JobContext,
         message: MessageView,
+        marking: _Marking,
         attempts: list[AttemptRecord],
         last: DeliveryError | None,
         retry_hints: list[float],
@@ -219,6 +225,7 @@ class DeliveryRunner:
             )
         if not retriable or context.attempt >= context.max_attempts:
             await self._finish(
+                marking,
                 message,
                 attempts,
                 status=MessageStatus.FAILED,
@@ -232,6 +239,7 @@ class DeliveryRunner:
             else backoff_delay(context.attempt, self._policy.backoff_base, self._policy.backoff_max)
         )
         await self._finish(
+            marking,
             message,
             attempts,
             status=MessageStatus.QUEUED,
@@ -242,9 +250,12 @@ class DeliveryRunner:
         raise RetryLater(delay, f"{error_class}: {error}")
 
     async def _finish(
-        self, message: MessageView, attempts: list[AttemptRecord], **outcome: Any
+        self,
+        marking: _Marking,
+        message: MessageView,
+        attempts: list[AttemptRecord],
+        **outcome: Any,
     ) -> None:
-        marking = self._marking.pop(message.id, None)
         if marking is not None and await marking is None:
             return  # no longer deliverable when marked: nothing of this run to record
         # A message another run of this job (after a lease expiry) finished first is left as
