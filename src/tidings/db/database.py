@@ -46,8 +46,11 @@ class CommitHooks:
 class LocalWorker(Protocol):
     """What `jobs.enqueue_many` needs of a worker to hand it jobs without the queue."""
 
-    node_id: str
-    lease_seconds: float
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def lease_seconds(self) -> float: ...
 
     def can_adopt(self, count: int) -> bool: ...
 

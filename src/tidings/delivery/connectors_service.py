@@ -210,7 +210,7 @@ class Connectors:
                 f"A connector named {name!r} exists in this workspace.",
                 code="connector_name_taken",
             ) from None
-        return ConnectorView(row, row.credentials_masked or {})
+        return ConnectorView(row, await self._masked_of(row))
 
     async def update(
         self,

@@ -109,9 +109,7 @@ class Worker:
         self._transport = transport
         self._registry = registry
         self._node_id = node_id
-        self.node_id = node_id
         self._config = config or WorkerConfig()
-        self.lease_seconds = self._config.lease_seconds
         self._resources = resources or {}
         self._running: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._slot_free = asyncio.Event()
@@ -123,6 +121,14 @@ class Worker:
         self._receive_task: asyncio.Task[None] | None = None
         self._claim_batch = max(1, self._config.concurrency // 8)
         self._lingered = False
+
+    @property
+    def node_id(self) -> str:
+        return self._node_id
+
+    @property
+    def lease_seconds(self) -> float:
+        return self._config.lease_seconds
 
     @property
     def in_flight(self) -> int:
