@@ -648,7 +648,13 @@ async def measure_delivery(
 
 
 async def measure_latency(
-    provider: Provider, base: str, auth: str, pids: list[int], params: Params, log: Path
+    provider: Provider,
+    base: str,
+    auth: str,
+    pids: list[int],
+    params: Params,
+    log: Path,
+    profile: list[tuple[str, int]] | None = None,
 ) -> dict[str, Any]:
     """Open-loop single sends; accept (202) → provider receipt for each accepted message."""
     await provider.control("delay", ms=params.provider_delay_ms)
@@ -667,6 +673,7 @@ async def measure_latency(
     await machine.QUIET.wait()
     meter = machine.CpuMeter(database=DATABASE)
     meter.start()
+    spies = _start_spies(params, profile or [])
     before, wall = _cpu(pids), time.perf_counter()
     seconds = params.latency_seconds + params.latency_discard
     result = await _load(
@@ -686,6 +693,7 @@ async def measure_latency(
     elapsed = time.perf_counter() - wall
     cpu = meter.stop()
     server_cpu = _cpu(pids) - before
+    await _stop_spies(spies)
     receipts = await provider.control("receipts")
     start = min((item[1] for item in accepted), default=0.0)
     cut = start + params.latency_discard * 1000
@@ -768,7 +776,17 @@ async def run_tidings(
             if profile == "scaled":
                 await stack.start_workers(1)
             out["latency"] = await measure_latency(
-                provider, stack.base, stack.key, stack.pids, params, log_dir / "load.log"
+                provider,
+                stack.base,
+                stack.key,
+                stack.pids,
+                params,
+                log_dir / "load.log",
+                profile=[
+                    (f"{stack.name}-latency-{name}", pid)
+                    for name, pid in [("serve", stack.serve.pid)]
+                    + [(f"worker{i}", pid) for i, pid in enumerate(stack.worker_pids)]
+                ],
             )
     return out
 

@@ -198,6 +198,29 @@ class Database:
                 raise
 
     @asynccontextmanager
+    async def driver_transaction(self) -> AsyncIterator[Any]:
+        """One transaction of several statements on `driver_connection()`'s connection.
+
+        For the hot paths written per dialect that must change several tables atomically (the
+        delivery log's start and finish with their events). Commits on success, rolls back on
+        error; runs no after-commit callbacks (the caller does what must follow the COMMIT).
+        """
+        async with self.driver_connection() as conn:
+            if not self.is_sqlite:
+                async with conn.transaction():
+                    yield conn
+                return
+            # Writes only: the write lock is held, so IMMEDIATE never waits on another writer
+            # of this process.
+            await conn.execute_fetchall("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                await conn.rollback()
+                raise
+            await conn.commit()
+
+    @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
         """A read-only session (on SQLite it never takes the write lock)."""
         async with self._reader() as session:

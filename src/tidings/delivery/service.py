@@ -15,19 +15,21 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import BindParameter, Table, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Table, and_, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tidings.db.base import new_id, utcnow
 from tidings.db.batching import GroupCommit
 from tidings.db.database import Database
-from tidings.delivery import idempotency
+from tidings.delivery import idempotency, log_store
 from tidings.delivery.connectors.base import CallbackRejected, Channel, StatusUpdate
 from tidings.delivery.connectors.registry import get_connector_type
 from tidings.delivery.connectors_service import Connectors, ConnectorStatus, by_ref
+from tidings.delivery.log_store import ATTEMPT_FIELDS, MessageRow, Outcome
 from tidings.delivery.models import Connector, DeliveryAttempt, DeliveryRoute, OutboundMessage
 from tidings.delivery.statuses import FINAL_STATUSES, MessageStatus
+from tidings.events import store as event_store
 from tidings.events.service import NewEvent, emit_many
 from tidings.http.cursors import decode_cursor, encode_cursor
 from tidings.http.problems import Conflict, NotFound, Problem
@@ -37,46 +39,8 @@ DELIVERY_JOB = "delivery.send"
 MAX_BATCH = 1000
 
 _MESSAGES: Table = OutboundMessage.__table__  # type: ignore[assignment]
-_ATTEMPTS: Table = DeliveryAttempt.__table__  # type: ignore[assignment]
 # Attribute names whose column is named otherwise (`metadata` is taken on ORM classes).
 _COLUMN_OF = {"message_metadata": "metadata"}
-# What a delivery event says of its message (see `Deliveries._event`).
-_VIEW_COLUMNS = (
-    _MESSAGES.c.id,
-    _MESSAGES.c.workspace_id,
-    _MESSAGES.c.recipient,
-    _MESSAGES.c.connector_id,
-    _MESSAGES.c.route_id,
-    _MESSAGES.c.metadata.label("message_metadata"),
-    _MESSAGES.c.attempts,
-)
-
-
-def _bind(name: str, column: str) -> BindParameter[Any]:
-    """A parameter typed like its column (inside coalesce() SQLAlchemy cannot infer it)."""
-    return bindparam(name, type_=_MESSAGES.c[column].type)
-
-
-# The end of an attempt, one parameter set per message (executemany). The caller has locked
-# the rows and checked they are still `sending`.
-_FINISH = (
-    update(_MESSAGES)
-    .where(_MESSAGES.c.id == _bind("b_id", "id"))
-    .values(
-        status=_bind("b_status", "status"),
-        updated_at=_bind("b_now", "updated_at"),
-        connector_id=func.coalesce(
-            _bind("b_connector_id", "connector_id"), _MESSAGES.c.connector_id
-        ),
-        provider_message_id=func.coalesce(
-            _bind("b_provider_message_id", "provider_message_id"), _MESSAGES.c.provider_message_id
-        ),
-        sent_at=func.coalesce(_bind("b_sent_at", "sent_at"), _MESSAGES.c.sent_at),
-        finished_at=func.coalesce(_bind("b_finished_at", "finished_at"), _MESSAGES.c.finished_at),
-        error=_bind("b_error", "error"),
-        error_class=_bind("b_error_class", "error_class"),
-    )
-)
 
 
 class _MessageView(Protocol):
@@ -118,7 +82,7 @@ class AttemptRecord:
 
     def values(self) -> dict[str, Any]:
         # Not dataclasses.asdict(): that deep-copies every value.
-        return {name: getattr(self, name) for name in _ATTEMPT_FIELDS}
+        return {name: getattr(self, name) for name in ATTEMPT_FIELDS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,30 +107,36 @@ class MessageView:
         return cls(**{name: values[name] for name in _VIEW_FIELDS})
 
     @classmethod
-    def of(
-        cls,
-        row: Any,
-        status: str,
-        *,
-        connector_id: uuid.UUID | None = None,
-        content: dict[str, Any] | None = None,
-    ) -> MessageView:
-        """From a row of `_VIEW_COLUMNS`, with its new status."""
+    def started(cls, row: MessageRow) -> MessageView:
+        """From a row a start returned (with its content)."""
+        return cls(
+            id=row.id,
+            workspace_id=row.workspace_id,
+            status=MessageStatus.SENDING,
+            recipient=row.recipient,
+            connector_id=row.connector_id,
+            route_id=row.route_id,
+            message_metadata=row.message_metadata,
+            attempts=row.attempts,
+            content=row.content,
+        )
+
+    @classmethod
+    def finished(cls, row: MessageRow, status: str) -> MessageView:
+        """From a row a finish returned, with its new status."""
         return cls(
             id=row.id,
             workspace_id=row.workspace_id,
             status=status,
             recipient=row.recipient,
-            connector_id=connector_id or row.connector_id,
+            connector_id=row.connector_id,
             route_id=row.route_id,
             message_metadata=row.message_metadata,
             attempts=row.attempts,
-            content=content,
         )
 
 
 _VIEW_FIELDS = tuple(MessageView.__dataclass_fields__)
-_ATTEMPT_FIELDS = tuple(AttemptRecord.__dataclass_fields__)
 
 
 @dataclass(frozen=True)
@@ -272,6 +242,7 @@ class Deliveries:
         # The `sending` mark is written while the provider is called, and the outcome after
         # it answered: neither holds up a provider call, so both wait 2 ms for company.
         # A delivery waits on its start (no linger); nobody waits on its outcome.
+        self._log = log_store.store_for(db.dialect)
         self._starts = GroupCommit(self._start_many)
         self._finishes = GroupCommit(self._finish_many, linger_seconds=0.01)
 
@@ -647,28 +618,17 @@ class Deliveries:
         return await self._starts.submit(message_id)
 
     async def _start_many(self, ids: list[uuid.UUID]) -> list[MessageView | None]:
-        now = utcnow()
-        async with self._db.transaction() as session:
-            rows = (
-                await session.execute(
-                    update(_MESSAGES)
-                    .where(
-                        _MESSAGES.c.id.in_(set(ids)),
-                        _MESSAGES.c.status.in_([MessageStatus.QUEUED, MessageStatus.SENDING]),
-                    )
-                    .values(status=MessageStatus.SENDING, attempts=_MESSAGES.c.attempts + 1)
-                    .values(updated_at=now)
-                    .returning(*_VIEW_COLUMNS, _MESSAGES.c.content)
-                )
-            ).all()
-            started = [
-                MessageView.of(row, MessageStatus.SENDING, content=row.content) for row in rows
-            ]
+        async with self._db.driver_transaction() as conn:
+            rows = await self._log.start(conn, list(set(ids)), utcnow())
+            started = [MessageView.started(row) for row in rows]
             if started:
-                await emit_many(
-                    session,
+                await event_store.emit_many(
+                    conn,
+                    self._db.dialect,
                     [self._event(m, "delivery.sending", attempt=m.attempts) for m in started],
                 )
+        if started:
+            self._events_committed()
         by_id = {message.id: message for message in started}
         # The same message twice in one batch (a duplicate job) is sent by the first only.
         return [by_id.pop(message_id, None) for message_id in ids]
@@ -700,41 +660,35 @@ class Deliveries:
         )
 
     async def _finish_many(self, finishes: list[_Finish]) -> list[None]:
-        """One locking read of the messages still `sending`, then one executemany UPDATE for
-        all of them (rather than an UPDATE … RETURNING per message)."""
+        """The attempt rows, then one statement that moves every message of the batch still
+        `sending` to its new status."""
         now = utcnow()
-        async with self._db.transaction() as session:
-            attempts = [a.values() for finish in finishes for a in finish.attempts]
-            if attempts:
-                await session.execute(insert(_ATTEMPTS), attempts)
-            sending = {
-                row.id: row
-                for row in (
-                    await session.execute(
-                        select(*_VIEW_COLUMNS)
-                        .where(
-                            _MESSAGES.c.id.in_({finish.message.id for finish in finishes}),
-                            _MESSAGES.c.status == MessageStatus.SENDING,
-                        )
-                        .with_for_update()
-                    )
-                ).all()
-            }
-            updates: list[dict[str, Any]] = []
-            events: list[NewEvent] = []
-            for finish in finishes:
-                row = sending.pop(finish.message.id, None)
-                if row is None:
-                    continue  # finished by another run of its job, or twice in this batch
-                updates.append(finish.parameters(now))
-                updated = MessageView.of(row, finish.status, connector_id=finish.connector_id)
-                events.append(
-                    self._event(updated, finish.event_type, **finish.event_extra(updated))
-                )
-            if updates:
-                await session.execute(_FINISH, updates)
-                await emit_many(session, events)
+        # One outcome per message: a second run of its job in the same batch changes nothing.
+        firsts: dict[uuid.UUID, _Finish] = {}
+        for finish in finishes:
+            firsts.setdefault(finish.message.id, finish)
+        async with self._db.driver_transaction() as conn:
+            await self._log.add_attempts(
+                conn, [a.values() for finish in finishes for a in finish.attempts]
+            )
+            changed = await self._log.finish(
+                conn, [finish.outcome(now) for finish in firsts.values()], now
+            )
+            events = [
+                self._event(updated, finish.event_type, **finish.event_extra(updated))
+                for finish in firsts.values()
+                if (row := changed.get(finish.message.id)) is not None
+                for updated in [MessageView.finished(row, finish.status)]
+            ]
+            await event_store.emit_many(conn, self._db.dialect, events)
+        if events:
+            self._events_committed()
         return [None] * len(finishes)
+
+    def _events_committed(self) -> None:
+        wake = self._db.hooks.events_committed
+        if wake is not None:
+            wake()
 
     async def route_chain(self, route_id: uuid.UUID) -> list[uuid.UUID]:
         async with self._db.read() as session:
@@ -766,21 +720,20 @@ class _Finish:
     error: str | None
     retry_in: float | None
 
-    def parameters(self, now: datetime) -> dict[str, Any]:
-        """The bound values of `_FINISH` for this message (None keeps the current value for
-        the connector, the provider's id and the two timestamps)."""
+    def outcome(self, now: datetime) -> Outcome:
+        """What the message becomes (None keeps the current connector, provider id and
+        timestamps)."""
         sent = self.status is MessageStatus.SENT
-        return {
-            "b_id": self.message.id,
-            "b_status": self.status.value,
-            "b_now": now,
-            "b_connector_id": self.connector_id,
-            "b_provider_message_id": self.provider_message_id if sent else None,
-            "b_sent_at": now if sent else None,
-            "b_finished_at": now if self.status in FINAL_STATUSES else None,
-            "b_error": None if sent else self.error,
-            "b_error_class": None if sent else self.error_class,
-        }
+        return Outcome(
+            message_id=self.message.id,
+            status=self.status.value,
+            connector_id=self.connector_id,
+            provider_message_id=self.provider_message_id if sent else None,
+            sent_at=now if sent else None,
+            finished_at=now if self.status in FINAL_STATUSES else None,
+            error=None if sent else self.error,
+            error_class=None if sent else self.error_class,
+        )
 
     @property
     def event_type(self) -> str:

@@ -60,32 +60,11 @@ async def emit(
 
 
 async def emit_many(session: AsyncSession, new_events: Sequence[NewEvent]) -> list[WrittenEvent]:
-    counts: dict[str, int] = defaultdict(int)
-    for new_event in new_events:
-        counts[new_event.stream_key] += 1
+    counts = stream_counts(new_events)
     if not counts:
         return []
     last_seq = await _advance_streams(session, counts)
-    # The first sequence of each stream in this transaction.
-    next_seq = {
-        stream_key: last_seq[stream_key] - count + 1 for stream_key, count in counts.items()
-    }
-    now = utcnow()
-    events: list[WrittenEvent] = []
-    for new_event in new_events:
-        seq = next_seq[new_event.stream_key]
-        next_seq[new_event.stream_key] = seq + 1
-        events.append(
-            WrittenEvent(
-                id=new_id(),
-                type=new_event.type,
-                workspace_id=new_event.workspace_id,
-                stream_key=new_event.stream_key,
-                stream_seq=seq,
-                payload=new_event.payload,
-                occurred_at=now,
-            )
-        )
+    events = sequenced(new_events, counts, last_seq, utcnow())
     # A Core insert: the ORM unit of work costs more CPU than the write itself on this path.
     await session.execute(
         insert(_EVENTS),
@@ -108,23 +87,62 @@ async def emit_many(session: AsyncSession, new_events: Sequence[NewEvent]) -> li
     return events
 
 
+def stream_counts(new_events: Sequence[NewEvent]) -> dict[str, int]:
+    """How many events each stream gets."""
+    counts: dict[str, int] = defaultdict(int)
+    for new_event in new_events:
+        counts[new_event.stream_key] += 1
+    return counts
+
+
+def sequenced(
+    new_events: Sequence[NewEvent],
+    counts: dict[str, int],
+    last_seq: dict[str, int],
+    now: datetime,
+) -> list[WrittenEvent]:
+    """The events with their sequences, given each stream's new last sequence."""
+    # The first sequence of each stream in this transaction.
+    next_seq = {
+        stream_key: last_seq[stream_key] - count + 1 for stream_key, count in counts.items()
+    }
+    events: list[WrittenEvent] = []
+    for new_event in new_events:
+        seq = next_seq[new_event.stream_key]
+        next_seq[new_event.stream_key] = seq + 1
+        events.append(
+            WrittenEvent(
+                id=new_id(),
+                type=new_event.type,
+                workspace_id=new_event.workspace_id,
+                stream_key=new_event.stream_key,
+                stream_seq=seq,
+                payload=new_event.payload,
+                occurred_at=now,
+            )
+        )
+    return events
+
+
 # Every stream of a transaction is advanced by one statement, whatever their number (a send
 # batch writes up to 1,000 events on 1,000 streams). The upsert row-locks each stream until
 # COMMIT, in the order given: streams are passed sorted, so two transactions never deadlock
 # on them. One statement text per dialect (arrays / a JSON object), prepared once.
-_PG_ADVANCE = text(
+PG_ADVANCE_SQL = (
     "INSERT INTO event_streams (stream_key, last_seq) "
-    "SELECT * FROM unnest(CAST(:keys AS VARCHAR[]), CAST(:counts AS BIGINT[])) "
+    "SELECT * FROM unnest(CAST({keys} AS VARCHAR[]), CAST({counts} AS BIGINT[])) "
     "ON CONFLICT (stream_key) DO UPDATE SET last_seq = event_streams.last_seq + excluded.last_seq "
     "RETURNING stream_key, last_seq"
 )
 # `WHERE true` resolves SQLite's parsing ambiguity between a SELECT's join and ON CONFLICT.
-_SQLITE_ADVANCE = text(
+SQLITE_ADVANCE_SQL = (
     "INSERT INTO event_streams (stream_key, last_seq) "
-    "SELECT key, value FROM json_each(:streams) WHERE true "
+    "SELECT key, value FROM json_each({streams}) WHERE true "
     "ON CONFLICT (stream_key) DO UPDATE SET last_seq = last_seq + excluded.last_seq "
     "RETURNING stream_key, last_seq"
 )
+_PG_ADVANCE = text(PG_ADVANCE_SQL.format(keys=":keys", counts=":counts"))
+_SQLITE_ADVANCE = text(SQLITE_ADVANCE_SQL.format(streams=":streams"))
 
 
 async def _advance_streams(session: AsyncSession, counts: dict[str, int]) -> dict[str, int]:

@@ -17,9 +17,11 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import lru_cache
 from typing import Any, Protocol
+
+from tidings.db.sqlite_values import read_time, to_time
 
 _COLUMNS = (
     "id, name, payload, status, dedupe_key, run_at, published_at, attempts, max_attempts, "
@@ -61,16 +63,6 @@ def store_for(dialect: str) -> JobStore:
 # -- SQLite (aiosqlite) ---------------------------------------------------------------------
 
 
-def _sqlite_time(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
-
-
-def _sqlite_read_time(text: str) -> datetime:
-    return datetime.fromisoformat(text).replace(tzinfo=UTC)
-
-
 @lru_cache(maxsize=64)
 def _sqlite_insert_sql(count: int) -> str:
     values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * count)
@@ -108,11 +100,11 @@ class _SqliteStore:
                     json.dumps(row["payload"]),
                     row["status"],
                     row["dedupe_key"],
-                    _sqlite_time(row["run_at"]),
-                    _sqlite_time(row["published_at"]),
+                    to_time(row["run_at"]),
+                    to_time(row["published_at"]),
                     row["attempts"],
                     row["max_attempts"],
-                    _sqlite_time(row["created_at"]),
+                    to_time(row["created_at"]),
                 )
             returned = await conn.execute_fetchall(_sqlite_insert_sql(len(chunk)), params)
             inserted.update(uuid.UUID(hex=r[0]) for r in returned)
@@ -125,7 +117,7 @@ class _SqliteStore:
     async def claim(
         self, conn: Any, ids: Sequence[uuid.UUID], now: datetime, node: str, lease: datetime
     ) -> list[ClaimedRow]:
-        params = (node, _sqlite_time(lease), _hex_array(ids), _sqlite_time(now))
+        params = (node, to_time(lease), _hex_array(ids), to_time(now))
         return [
             (
                 uuid.UUID(hex=job_id),
@@ -133,7 +125,7 @@ class _SqliteStore:
                 json.loads(payload),
                 attempts,
                 max_attempts,
-                _sqlite_read_time(run_at),
+                read_time(run_at),
             )
             for job_id, name, payload, attempts, max_attempts, run_at in (
                 await conn.execute_fetchall(_SQLITE_CLAIM, params)
@@ -141,7 +133,7 @@ class _SqliteStore:
         ]
 
     async def complete(self, conn: Any, ids: Sequence[uuid.UUID], node: str, now: datetime) -> None:
-        await conn.execute_fetchall(_SQLITE_COMPLETE, (_sqlite_time(now), _hex_array(ids), node))
+        await conn.execute_fetchall(_SQLITE_COMPLETE, (to_time(now), _hex_array(ids), node))
 
 
 def _hex_array(ids: Sequence[uuid.UUID]) -> str:

@@ -1,0 +1,287 @@
+"""The delivery log's hot statements, written per dialect against the driver's connection.
+
+Every delivery starts (`sending`, one more attempt) and finishes (its attempt rows, its new
+status) once per attempt, each with an event. Through SQLAlchemy's session these transactions
+cost several times the statements' own CPU (bench.delivery: at 200 sends/s they kept a core
+busy), so, like the job runner's claim (`jobs.store`), they are written here by hand and run
+inside `Database.driver_transaction()`. Values are stored as SQLAlchemy stores them
+(`db.sqlite_values`), so the ORM reads these rows and the other way round.
+"""
+
+# ruff: noqa: S608 - the statements are composed of constants only; every value is bound.
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from typing import Any, Protocol
+
+import orjson
+
+from tidings.db import sqlite_values as sv
+from tidings.delivery.statuses import MessageStatus
+
+# The fields of MessageView a delivery event needs, in its order; a start adds the content.
+_VIEW = "id, workspace_id, recipient, connector_id, route_id, metadata, attempts"
+_STARTABLE = f"('{MessageStatus.QUEUED.value}', '{MessageStatus.SENDING.value}')"
+_SENDING = f"'{MessageStatus.SENDING.value}'"
+# The columns of an attempt row, named as `AttemptRecord`'s fields.
+ATTEMPT_FIELDS = (
+    "id",
+    "message_id",
+    "number",
+    "connector_id",
+    "started_at",
+    "finished_at",
+    "outcome",
+    "error_class",
+    "provider_status",
+    "provider_response",
+    "latency_ms",
+)
+_ATTEMPT_COLUMNS = ", ".join(ATTEMPT_FIELDS)
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRow:
+    """A message as the delivery log read or wrote it."""
+
+    id: uuid.UUID
+    workspace_id: uuid.UUID
+    recipient: str
+    connector_id: uuid.UUID | None
+    route_id: uuid.UUID | None
+    message_metadata: dict[str, Any]
+    attempts: int
+    content: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The new values of a message whose attempt ended (None keeps the current value of the
+    connector, the provider's id and the two timestamps)."""
+
+    message_id: uuid.UUID
+    status: str
+    connector_id: uuid.UUID | None
+    provider_message_id: str | None
+    sent_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    error_class: str | None
+
+
+class DeliveryLogStore(Protocol):
+    async def start(self, conn: Any, ids: Sequence[uuid.UUID], now: datetime) -> list[MessageRow]:
+        """Messages among `ids` still queued or sending → sending, one more attempt; those
+        rows, with their content."""
+        ...
+
+    async def add_attempts(self, conn: Any, attempts: Sequence[dict[str, Any]]) -> None:
+        """Insert attempt rows (the values of `AttemptRecord`)."""
+        ...
+
+    async def finish(
+        self, conn: Any, outcomes: Sequence[Outcome], now: datetime
+    ) -> dict[uuid.UUID, MessageRow]:
+        """Apply each outcome to its message if it is still `sending` (one per message); the
+        rows changed, as they are now."""
+        ...
+
+
+def store_for(dialect: str) -> DeliveryLogStore:
+    return _POSTGRES if dialect == "postgresql" else _SQLITE
+
+
+# -- PostgreSQL (asyncpg; SQLAlchemy's jsonb codec decodes JSON columns) ----------------------
+
+_PG_START = (
+    f"UPDATE outbound_messages SET status = {_SENDING}, attempts = attempts + 1, "
+    f"updated_at = $1 WHERE id = ANY($2::uuid[]) AND status IN {_STARTABLE} "
+    f"RETURNING {_VIEW}, content"
+)
+_PG_ATTEMPTS = (
+    f"INSERT INTO delivery_attempts ({_ATTEMPT_COLUMNS}) SELECT * FROM unnest($1::uuid[], "
+    "$2::uuid[], $3::int[], $4::uuid[], $5::timestamptz[], $6::timestamptz[], $7::varchar[], "
+    "$8::varchar[], $9::int[], $10::text[], $11::float8[])"
+)
+# One statement checks (`sending`), locks and updates every message of the batch.
+_PG_FINISH = (
+    "UPDATE outbound_messages AS m SET status = u.status, updated_at = $1, "
+    "connector_id = coalesce(u.connector_id, m.connector_id), "
+    "provider_message_id = coalesce(u.provider_message_id, m.provider_message_id), "
+    "sent_at = coalesce(u.sent_at, m.sent_at), "
+    "finished_at = coalesce(u.finished_at, m.finished_at), "
+    "error = u.error, error_class = u.error_class "
+    "FROM unnest($2::uuid[], $3::varchar[], $4::uuid[], $5::varchar[], $6::timestamptz[], "
+    "$7::timestamptz[], $8::text[], $9::varchar[]) "
+    "AS u(id, status, connector_id, provider_message_id, sent_at, finished_at, error, error_class) "
+    f"WHERE m.id = u.id AND m.status = {_SENDING} "
+    "RETURNING m.id, m.workspace_id, m.recipient, m.connector_id, m.route_id, m.metadata, "
+    "m.attempts"
+)
+
+
+class _PostgresStore:
+    async def start(self, conn: Any, ids: Sequence[uuid.UUID], now: datetime) -> list[MessageRow]:
+        return [MessageRow(*row) for row in await conn.fetch(_PG_START, now, list(ids))]
+
+    async def add_attempts(self, conn: Any, attempts: Sequence[dict[str, Any]]) -> None:
+        if attempts:
+            await conn.execute(
+                _PG_ATTEMPTS, *([a[column] for a in attempts] for column in ATTEMPT_FIELDS)
+            )
+
+    async def finish(
+        self, conn: Any, outcomes: Sequence[Outcome], now: datetime
+    ) -> dict[uuid.UUID, MessageRow]:
+        if not outcomes:
+            return {}
+        rows = await conn.fetch(
+            _PG_FINISH,
+            now,
+            *([getattr(o, field) for o in outcomes] for field in _OUTCOME_FIELDS),
+        )
+        return {row[0]: MessageRow(*row) for row in rows}
+
+
+# -- SQLite (aiosqlite) ----------------------------------------------------------------------
+
+_SQLITE_IDS = "(SELECT value FROM json_each(?))"
+_SQLITE_START = (
+    f"UPDATE outbound_messages SET status = {_SENDING}, attempts = attempts + 1, "
+    f"updated_at = ? WHERE id IN {_SQLITE_IDS} AND status IN {_STARTABLE} "
+    f"RETURNING {_VIEW}, content"
+)
+_SQLITE_SENDING = (
+    f"SELECT {_VIEW} FROM outbound_messages WHERE id IN {_SQLITE_IDS} AND status = {_SENDING}"
+)
+_SQLITE_FINISH = (
+    "UPDATE outbound_messages SET status = ?, updated_at = ?, "
+    "connector_id = coalesce(?, connector_id), "
+    "provider_message_id = coalesce(?, provider_message_id), "
+    "sent_at = coalesce(?, sent_at), finished_at = coalesce(?, finished_at), "
+    "error = ?, error_class = ? WHERE id = ?"
+)
+# SQLite allows 32,766 bound variables per statement; 11 per attempt row.
+_SQLITE_ATTEMPTS_PER_INSERT = 1000
+
+
+@lru_cache(maxsize=64)
+def _sqlite_attempts_sql(count: int) -> str:
+    row = "(" + ", ".join(["?"] * len(ATTEMPT_FIELDS)) + ")"
+    return f"INSERT INTO delivery_attempts ({_ATTEMPT_COLUMNS}) VALUES " + ", ".join([row] * count)
+
+
+def _sqlite_row(row: Sequence[Any]) -> MessageRow:
+    message_id, workspace_id, recipient, connector_id, route_id, metadata, attempts = row[:7]
+    return MessageRow(
+        uuid.UUID(hex=message_id),
+        uuid.UUID(hex=workspace_id),
+        recipient,
+        sv.read_uuid(connector_id),
+        sv.read_uuid(route_id),
+        orjson.loads(metadata),
+        attempts,
+        orjson.loads(row[7]) if len(row) > 7 else None,
+    )
+
+
+def _hex_ids(ids: Sequence[uuid.UUID]) -> str:
+    return orjson.dumps([message_id.hex for message_id in ids]).decode()
+
+
+class _SqliteStore:
+    async def start(self, conn: Any, ids: Sequence[uuid.UUID], now: datetime) -> list[MessageRow]:
+        rows = await conn.execute_fetchall(_SQLITE_START, (sv.to_time(now), _hex_ids(ids)))
+        return [_sqlite_row(row) for row in rows]
+
+    async def add_attempts(self, conn: Any, attempts: Sequence[dict[str, Any]]) -> None:
+        for start in range(0, len(attempts), _SQLITE_ATTEMPTS_PER_INSERT):
+            chunk = attempts[start : start + _SQLITE_ATTEMPTS_PER_INSERT]
+            params: list[Any] = []
+            for a in chunk:
+                params += (
+                    a["id"].hex,
+                    a["message_id"].hex,
+                    a["number"],
+                    sv.to_uuid(a["connector_id"]),
+                    sv.to_time(a["started_at"]),
+                    sv.to_time(a["finished_at"]),
+                    a["outcome"],
+                    a["error_class"],
+                    a["provider_status"],
+                    a["provider_response"],
+                    a["latency_ms"],
+                )
+            await conn.execute_fetchall(_sqlite_attempts_sql(len(chunk)), params)
+
+    async def finish(
+        self, conn: Any, outcomes: Sequence[Outcome], now: datetime
+    ) -> dict[uuid.UUID, MessageRow]:
+        if not outcomes:
+            return {}
+        # The write lock is held since BEGIN IMMEDIATE: what this reads stays true until COMMIT.
+        sending = {
+            row.id: row
+            for row in map(
+                _sqlite_row,
+                await conn.execute_fetchall(
+                    _SQLITE_SENDING, (_hex_ids([o.message_id for o in outcomes]),)
+                ),
+            )
+        }
+        changed = [o for o in outcomes if o.message_id in sending]
+        if changed:
+            stamp = sv.to_time(now)
+            await conn.executemany(
+                _SQLITE_FINISH,
+                [
+                    (
+                        o.status,
+                        stamp,
+                        sv.to_uuid(o.connector_id),
+                        o.provider_message_id,
+                        sv.to_time(o.sent_at),
+                        sv.to_time(o.finished_at),
+                        o.error,
+                        o.error_class,
+                        o.message_id.hex,
+                    )
+                    for o in changed
+                ],
+            )
+        return {
+            o.message_id: _with_connector(sending[o.message_id], o.connector_id) for o in changed
+        }
+
+
+def _with_connector(row: MessageRow, connector_id: uuid.UUID | None) -> MessageRow:
+    if connector_id is None or connector_id == row.connector_id:
+        return row
+    return MessageRow(
+        row.id,
+        row.workspace_id,
+        row.recipient,
+        connector_id,
+        row.route_id,
+        row.message_metadata,
+        row.attempts,
+    )
+
+
+_OUTCOME_FIELDS = (
+    "message_id",
+    "status",
+    "connector_id",
+    "provider_message_id",
+    "sent_at",
+    "finished_at",
+    "error",
+    "error_class",
+)
+_POSTGRES = _PostgresStore()
+_SQLITE = _SqliteStore()

@@ -1,0 +1,83 @@
+"""`emit_many` for transactions on the driver's connection (`Database.driver_transaction`).
+
+The same rows as `events.service.emit_many` writes through SQLAlchemy — the streams advanced
+by one upsert, the events inserted by one statement — written per dialect, for the hot paths
+that run whole transactions at the driver (the delivery log). The caller wakes the dispatcher
+after its COMMIT (`Database.hooks.events_committed`).
+"""
+
+# ruff: noqa: S608 - the statements are composed of constants only; every value is bound.
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+import orjson
+
+from tidings.db import sqlite_values as sv
+from tidings.db.base import utcnow
+from tidings.events.service import (
+    PG_ADVANCE_SQL,
+    SQLITE_ADVANCE_SQL,
+    NewEvent,
+    WrittenEvent,
+    sequenced,
+    stream_counts,
+)
+
+_COLUMNS = "id, type, workspace_id, stream_key, stream_seq, payload, occurred_at"
+_PG_ADVANCE = PG_ADVANCE_SQL.format(keys="$1", counts="$2")
+_PG_INSERT = (
+    f"INSERT INTO events ({_COLUMNS}) SELECT * FROM unnest($1::uuid[], $2::varchar[], "
+    "$3::uuid[], $4::varchar[], $5::bigint[], $6::jsonb[], $7::timestamptz[])"
+)
+_SQLITE_ADVANCE = SQLITE_ADVANCE_SQL.format(streams="?")
+# SQLite allows 32,766 bound variables per statement; 7 per row.
+_SQLITE_ROWS_PER_INSERT = 1000
+
+
+@lru_cache(maxsize=64)
+def _sqlite_insert_sql(count: int) -> str:
+    return f"INSERT INTO events ({_COLUMNS}) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * count)
+
+
+async def emit_many(conn: Any, dialect: str, new_events: Sequence[NewEvent]) -> list[WrittenEvent]:
+    """Write `new_events` in the transaction open on `conn` (asyncpg or aiosqlite)."""
+    counts = stream_counts(new_events)
+    if not counts:
+        return []
+    ordered = sorted(counts)  # streams are locked in this order: no deadlock between writers
+    if dialect == "postgresql":
+        rows = await conn.fetch(_PG_ADVANCE, ordered, [counts[key] for key in ordered])
+        events = sequenced(new_events, counts, {row[0]: row[1] for row in rows}, utcnow())
+        await conn.execute(
+            _PG_INSERT,
+            [e.id for e in events],
+            [e.type for e in events],
+            [e.workspace_id for e in events],
+            [e.stream_key for e in events],
+            [e.stream_seq for e in events],
+            [orjson.dumps(e.payload).decode() for e in events],
+            [e.occurred_at for e in events],
+        )
+        return events
+    streams = orjson.dumps({key: counts[key] for key in ordered}).decode()
+    rows = await conn.execute_fetchall(_SQLITE_ADVANCE, (streams,))
+    events = sequenced(new_events, counts, {key: int(seq) for key, seq in rows}, utcnow())
+    for start in range(0, len(events), _SQLITE_ROWS_PER_INSERT):
+        chunk = events[start : start + _SQLITE_ROWS_PER_INSERT]
+        params: list[Any] = []
+        for e in chunk:
+            params += (
+                e.id.hex,
+                e.type,
+                sv.to_uuid(e.workspace_id),
+                e.stream_key,
+                e.stream_seq,
+                orjson.dumps(e.payload).decode(),
+                sv.to_time(e.occurred_at),
+            )
+        await conn.execute_fetchall(_sqlite_insert_sql(len(chunk)), params)
+    return events
