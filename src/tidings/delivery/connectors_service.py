@@ -41,6 +41,7 @@ from tidings.infra.logging import get_logger
 _log = get_logger(__name__)
 MAX_ROUTE_LENGTH = 10
 ROW_CACHE_SECONDS = 1.0
+_MAX_NAMED = 10_000
 
 
 class ConnectorStatus:
@@ -123,6 +124,9 @@ class Connectors:
         # The read of a row in flight, shared by every delivery that needs it meanwhile: when
         # the cached row expires under load, one read replaces it, not one per delivery.
         self._row_reads: dict[uuid.UUID, asyncio.Future[Connector | None]] = {}
+        # (workspace, id or name) -> the live connector a send named, for ROW_CACHE_SECONDS:
+        # an accept would otherwise read it in every transaction.
+        self._by_ref: dict[tuple[uuid.UUID, str], tuple[float, Connector]] = {}
 
     @property
     def context(self) -> ConnectorContext:
@@ -318,6 +322,8 @@ class Connectors:
     def _forget(self, connector_id: uuid.UUID) -> None:
         self._instances.pop(connector_id, None)
         self._rows.pop(connector_id, None)
+        for key in [key for key, (_, row) in self._by_ref.items() if row.id == connector_id]:
+            del self._by_ref[key]
         # A read that started before this change may return the old row: let it finish for
         # its waiters, but not be the one later callers join or the one the cache keeps.
         self._row_reads.pop(connector_id, None)
@@ -423,6 +429,19 @@ class Connectors:
                 actor=actor,
             )
         return result
+
+    def named_for_send(self, workspace_id: uuid.UUID, ref: str) -> Connector | None:
+        """The connector a send named, as read less than ROW_CACHE_SECONDS ago (changes made
+        in this process are seen at once; in another one, within that time)."""
+        entry = self._by_ref.get((workspace_id, ref))
+        if entry is None or entry[0] <= time.monotonic():
+            return None
+        return entry[1]
+
+    def remember_named(self, workspace_id: uuid.UUID, ref: str, row: Connector) -> None:
+        if len(self._by_ref) >= _MAX_NAMED:  # many workspaces: start over rather than grow
+            self._by_ref.clear()
+        self._by_ref[(workspace_id, ref)] = (time.monotonic() + ROW_CACHE_SECONDS, row)
 
     async def load_for_delivery(self, connector_id: uuid.UUID) -> Connector | None:
         """The connector row, read at most once a second per process (a busy worker would

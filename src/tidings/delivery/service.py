@@ -314,7 +314,7 @@ class Deliveries:
                     accepted[position] = Accepted([], stored.status_code, stored.body)
                     continue
             workspace_id = call.sender.workspace_id
-            cache = targets.setdefault(workspace_id, _TargetCache(session, workspace_id))
+            cache = targets.setdefault(workspace_id, _TargetCache(session, workspace_id, self._connectors))
             prepared[position] = await self._prepare_all(session, call, cache, now)
         rows = [values for call_rows in prepared.values() for values in call_rows]
         messages = iter(await self._insert(session, rows) if rows else [])
@@ -765,23 +765,27 @@ def _channel_of(connector: Connector) -> Channel:
 class _TargetCache:
     """Connectors and routes named by the requests of one accept, looked up once each."""
 
-    def __init__(self, session: AsyncSession, workspace_id: uuid.UUID) -> None:
+    def __init__(
+        self, session: AsyncSession, workspace_id: uuid.UUID, connectors: Connectors
+    ) -> None:
         self._session = session
         self._workspace_id = workspace_id
+        self._shared = connectors
         self._connectors: dict[str, Connector] = {}
         self._routes: dict[str, tuple[DeliveryRoute, list[Connector]]] = {}
 
     async def connector(self, ref: str) -> Connector:
-        found = self._connectors.get(ref)
+        found = self._connectors.get(ref) or self._shared.named_for_send(self._workspace_id, ref)
         if found is None:
             found = await self._session.scalar(by_ref(Connector, self._workspace_id, ref))
             if found is None:
                 raise NotFound(
                     f"No connector {ref!r} in this workspace.", code="connector_not_found"
                 )
-            if found.status == ConnectorStatus.DISABLED:
-                raise Conflict(f"Connector {ref!r} is disabled.", code="connector_disabled")
-            self._connectors[ref] = found
+            self._shared.remember_named(self._workspace_id, ref, found)
+        if found.status == ConnectorStatus.DISABLED:
+            raise Conflict(f"Connector {ref!r} is disabled.", code="connector_disabled")
+        self._connectors[ref] = found
         return found
 
     async def route(self, ref: str) -> tuple[DeliveryRoute, list[Connector]]:

@@ -779,3 +779,27 @@ async def test_an_expired_connector_row_is_read_once_for_concurrent_deliveries(
         assert row.name == "renamed"  # a change made here is seen at once
     finally:
         event.remove(engine, "before_cursor_execute", count)
+
+
+async def test_a_renamed_or_deleted_connector_is_seen_by_the_next_send_at_once(
+    client: httpx.AsyncClient, team: Team, receiver: WebhookReceiver
+) -> None:
+    """Sends look a named connector up once a second per process; changes made through this
+    process drop what it remembered."""
+    created = await add_webhook(client, team, receiver)
+    assert (await send(client, team, hello(connector="hook"))).status_code == 202
+    assert (await send(client, team, hello(connector=created["id"]))).status_code == 202
+    renamed = await client.patch(
+        f"/api/v1/workspaces/{team.workspace_id}/connectors/hook",
+        json={"name": "renamed"},
+        headers=team.owner.headers,
+    )
+    assert renamed.status_code == 200, renamed.text
+    problem(await send(client, team, hello(connector="hook")), 404, "connector_not_found")
+    assert (await send(client, team, hello(connector="renamed"))).status_code == 202
+    deleted = await client.delete(
+        f"/api/v1/workspaces/{team.workspace_id}/connectors/renamed", headers=team.owner.headers
+    )
+    assert deleted.status_code == 204, deleted.text
+    problem(await send(client, team, hello(connector="renamed")), 404, "connector_not_found")
+    problem(await send(client, team, hello(connector=created["id"])), 404, "connector_not_found")
