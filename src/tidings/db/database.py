@@ -110,7 +110,11 @@ class Database:
         else:
             self._driver_engine = create_async_engine(
                 self.url,
-                pool_size=2,
+                # Kept open rather than overflowing: a connection opened and closed per burst
+                # costs PostgreSQL a backend start each time. The job runner's claim and
+                # completion, the delivery log's start and finish, the outbox read and the
+                # job queue's inserts may each hold one at once.
+                pool_size=6,
                 max_overflow=4,
                 pool_reset_on_return=None,
                 echo=echo,
