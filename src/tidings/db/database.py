@@ -194,6 +194,10 @@ class Database:
             try:
                 yield driver
             except BaseException:
+                if _in_transaction(driver):
+                    # A `driver_transaction` whose ROLLBACK failed: this pool does not reset
+                    # connections on return, so the connection must not go back open.
+                    raw.invalidate()
                 is_closed = getattr(driver, "is_closed", None)  # asyncpg: the server went away
                 if is_closed is not None and is_closed():
                     raw.invalidate()
@@ -239,6 +243,13 @@ class Database:
         await self.write_engine.dispose()
         if self.read_engine is not self.write_engine:
             await self.read_engine.dispose()
+
+
+def _in_transaction(driver: Any) -> bool:
+    is_in_transaction = getattr(driver, "is_in_transaction", None)  # asyncpg
+    if is_in_transaction is not None:
+        return bool(is_in_transaction())
+    return bool(getattr(driver, "in_transaction", False))  # aiosqlite
 
 
 async def _run_after_commit(session: AsyncSession) -> None:

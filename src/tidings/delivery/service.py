@@ -314,7 +314,9 @@ class Deliveries:
                     accepted[position] = Accepted([], stored.status_code, stored.body)
                     continue
             workspace_id = call.sender.workspace_id
-            cache = targets.setdefault(workspace_id, _TargetCache(session, workspace_id, self._connectors))
+            cache = targets.setdefault(
+                workspace_id, _TargetCache(session, workspace_id, self._connectors)
+            )
             prepared[position] = await self._prepare_all(session, call, cache, now)
         rows = [values for call_rows in prepared.values() for values in call_rows]
         messages = iter(await self._insert(session, rows) if rows else [])

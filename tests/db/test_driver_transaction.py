@@ -1,0 +1,54 @@
+"""`Database.driver_transaction`: several statements at the driver, all or nothing."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from tidings.db.database import Database
+from tidings.events import store as event_store
+from tidings.events.models import Event, EventStream
+from tidings.events.service import NewEvent
+
+
+class _InjectedError(Exception):
+    pass
+
+
+async def _counts(db: Database) -> tuple[int, int]:
+    async with db.read() as session:
+        events = await session.scalar(select(func.count()).select_from(Event))
+        streams = await session.scalar(select(func.count()).select_from(EventStream))
+    return int(events or 0), int(streams or 0)
+
+
+async def test_a_failed_transaction_writes_nothing_and_its_connection_is_reused_clean(
+    database_url: str,
+) -> None:
+    db = Database(database_url)
+    try:
+        with pytest.raises(_InjectedError):
+            async with db.driver_transaction() as conn:
+                await event_store.emit_many(conn, db.dialect, [NewEvent("t.one", "s:1", {})])
+                raise _InjectedError
+        assert await _counts(db) == (0, 0)
+
+        async with db.driver_transaction() as conn:
+            written = await event_store.emit_many(
+                conn,
+                db.dialect,
+                [NewEvent("t.one", "s:1", {"n": 1}), NewEvent("t.two", "s:1", {"n": 2})],
+            )
+        assert [e.stream_seq for e in written] == [1, 2]
+        assert await _counts(db) == (2, 1)
+        # What the driver wrote reads back through the ORM as the ORM would have written it.
+        async with db.read() as session:
+            rows = (await session.scalars(select(Event).order_by(Event.stream_seq))).all()
+        assert [(r.type, r.payload, r.stream_seq) for r in rows] == [
+            ("t.one", {"n": 1}, 1),
+            ("t.two", {"n": 2}, 2),
+        ]
+        assert {r.id for r in rows} == {e.id for e in written}
+        assert rows[0].occurred_at == written[0].occurred_at
+    finally:
+        await db.dispose()
