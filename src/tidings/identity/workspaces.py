@@ -473,3 +473,14 @@ def _clean_name(name: str) -> str:
     if not 1 <= len(cleaned) <= 80:
         raise Problem("A workspace name is 1 to 80 characters.", code="invalid_name")
     return cleaned
+
+
+async def member_workspace_ids(session: AsyncSession, user_id: uuid.UUID) -> frozenset[uuid.UUID]:
+    """The live workspaces `user_id` is a member of, in the caller's read (what `list_for`
+    lists for a user, without loading the rows)."""
+    rows = await session.scalars(
+        select(Membership.workspace_id)
+        .join(Workspace, Workspace.id == Membership.workspace_id)
+        .where(Membership.user_id == user_id, Workspace.deleted_at.is_(None))
+    )
+    return frozenset(rows.all())

@@ -690,19 +690,7 @@ class Conversations:
     async def conversation_ids_for(self, user_id: uuid.UUID) -> dict[uuid.UUID, uuid.UUID]:
         """Every conversation `user_id` is a member of, with its workspace (for subscribing)."""
         async with self._db.read() as session:
-            rows = await session.execute(
-                select(Conversation.id, Conversation.workspace_id)
-                .join(ConversationMember, ConversationMember.conversation_id == Conversation.id)
-                .join(
-                    Membership,
-                    and_(
-                        Membership.workspace_id == Conversation.workspace_id,
-                        Membership.user_id == user_id,
-                    ),
-                )
-                .where(ConversationMember.user_id == user_id)
-            )
-            return {conversation: workspace for conversation, workspace in rows.all()}  # noqa: C416 - typed pairs
+            return await member_conversations(session, user_id)
 
     async def readable(self, principal: Principal, conversation_id: uuid.UUID) -> Conversation:
         """The conversation if `principal` may read it (404 otherwise)."""
@@ -748,3 +736,23 @@ def _caller_counts(user_id: uuid.UUID) -> tuple[Any, Any, Any]:
         .scalar_subquery()
     )
     return unread, mentioned, members
+
+
+async def member_conversations(
+    session: AsyncSession, user_id: uuid.UUID
+) -> dict[uuid.UUID, uuid.UUID]:
+    """Every conversation `user_id` is a member of, with its workspace, in the caller's read
+    (the realtime gateway reads it with the rest of a connection's rooms)."""
+    rows = await session.execute(
+        select(Conversation.id, Conversation.workspace_id)
+        .join(ConversationMember, ConversationMember.conversation_id == Conversation.id)
+        .join(
+            Membership,
+            and_(
+                Membership.workspace_id == Conversation.workspace_id,
+                Membership.user_id == user_id,
+            ),
+        )
+        .where(ConversationMember.user_id == user_id)
+    )
+    return {conversation: workspace for conversation, workspace in rows.all()}  # noqa: C416 - typed pairs

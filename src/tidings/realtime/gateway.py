@@ -25,6 +25,7 @@ import orjson
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 from websockets.http11 import Request
 
 from tidings.db.base import utcnow
@@ -36,12 +37,14 @@ from tidings.identity.cache import CHANNEL as AUTH_INVALIDATE_CHANNEL
 from tidings.identity.component import Identity
 from tidings.identity.policy import UserPrincipal
 from tidings.identity.tokens import AccessClaims, InvalidToken
+from tidings.identity.workspaces import member_workspace_ids
 from tidings.infra import metrics
 from tidings.infra.backplane import Backplane
 from tidings.infra.logging import get_logger
 from tidings.infra.ratelimit import Rate
 from tidings.messaging import events as messaging_events
 from tidings.messaging.component import Messaging
+from tidings.messaging.conversations import member_conversations
 from tidings.messaging.messages import Draft
 from tidings.realtime import protocol
 from tidings.realtime.hub import Hub, Subscriber
@@ -300,11 +303,12 @@ class Gateway:
         self.hub.add(subscriber)
         metrics.REALTIME_CONNECTIONS.inc()
         try:
-            principal = UserPrincipal(user_id, subscriber.session_id)
-            conversations = await self._messaging.conversations.conversation_ids_for(user_id)
-            workspaces = frozenset(
-                w.id for w, _ in await self._identity.workspaces.list_for(principal)
-            )
+            # One read for the rooms (a connect storm, every client of a restarted process, costs
+            # a session per connection less). Their positions are read after joining: what
+            # commits in between waits in `pending`, and `_release` drops what the floor holds.
+            async with self._db.read() as session:
+                conversations = await member_conversations(session, user_id)
+                workspaces = await member_workspace_ids(session, user_id)
             if _gone(subscriber):
                 self.hub.remove(subscriber)
                 return
@@ -313,9 +317,9 @@ class Gateway:
             self.hub.join(subscriber, messaging_events.user_stream(user_id))
             for workspace_id in workspaces:
                 self.hub.join(subscriber, f"workspace:{workspace_id}")
-            self._workspaces[subscriber.id] = workspaces
             streams = sorted(r for r in subscriber.rooms if not r.startswith("workspace:"))
             current = await self._positions(streams)
+            self._workspaces[subscriber.id] = workspaces
         except Exception:
             _log.exception("realtime_open_failed", user_id=str(user_id))
             subscriber.close(1011, "internal error")
@@ -358,17 +362,8 @@ class Gateway:
                 subscriber.deliver_now(room, seq, frame, ws_frame, ephemeral)
 
     async def _positions(self, streams: Sequence[str]) -> dict[str, int]:
-        found: dict[str, int] = {}
         async with self._db.read() as session:
-            for start in range(0, len(streams), STREAM_CHUNK):
-                chunk = streams[start : start + STREAM_CHUNK]
-                rows = await session.execute(
-                    select(EventStream.stream_key, EventStream.last_seq).where(
-                        EventStream.stream_key.in_(chunk)
-                    )
-                )
-                found.update({stream: seq for stream, seq in rows.all()})  # noqa: C416 - typed pairs
-        return found
+            return await _positions_in(session, streams)
 
     def disconnected(self, subscriber: RealtimeSubscriber) -> None:
         metrics.REALTIME_CONNECTIONS.dec()
@@ -743,6 +738,20 @@ class Gateway:
             "dropped_ephemeral": self.hub.dropped,
             "slow_consumers_disconnected": self.slow_consumers,
         }
+
+
+async def _positions_in(session: AsyncSession, streams: Sequence[str]) -> dict[str, int]:
+    """The last sequence of each stream that has one."""
+    found: dict[str, int] = {}
+    for start in range(0, len(streams), STREAM_CHUNK):
+        chunk = streams[start : start + STREAM_CHUNK]
+        rows = await session.execute(
+            select(EventStream.stream_key, EventStream.last_seq).where(
+                EventStream.stream_key.in_(chunk)
+            )
+        )
+        found.update({stream: seq for stream, seq in rows.all()})  # noqa: C416 - typed pairs
+    return found
 
 
 def parse_positions(raw: str | None) -> dict[str, int] | None:

@@ -42,6 +42,9 @@ class Presence:
         self._on_change = on_change
         # user → {connection key: status}, and the workspaces the user's connections are in.
         self._local: dict[uuid.UUID, dict[str, str]] = {}
+        # user → {status: how many of its connections here have it}: a user's status is then
+        # found without walking its connections (a service account may hold thousands).
+        self._counts: dict[uuid.UUID, dict[str, int]] = {}
         self._workspaces: dict[uuid.UUID, frozenset[uuid.UUID]] = {}
         self._remote: dict[str, _Remote] = {}
         # What this process last told its clients, per user (absent = offline), and where.
@@ -63,12 +66,19 @@ class Presence:
         """Record one connection's status; True when the user's local status changed."""
         before = self._local_status(user_id)
         devices = self._local.setdefault(user_id, {})
-        if status == OFFLINE:
-            devices.pop(connection, None)
-            if not devices:
-                del self._local[user_id]
-        else:
+        counts = self._counts.setdefault(user_id, {})
+        previous = devices.pop(connection, None)
+        if previous is not None:
+            counts[previous] -= 1
+            if not counts[previous]:
+                del counts[previous]
+        if status != OFFLINE:
             devices[connection] = status
+            counts[status] = counts.get(status, 0) + 1
+        if not devices:
+            del self._local[user_id]
+            del self._counts[user_id]
+        if status != OFFLINE:
             self._workspaces[user_id] = self._workspaces.get(user_id, frozenset()) | frozenset(
                 workspaces
             )
@@ -91,10 +101,10 @@ class Presence:
         return True
 
     def _local_status(self, user_id: uuid.UUID) -> str:
-        devices = self._local.get(user_id)
-        if not devices:
+        counts = self._counts.get(user_id)
+        if not counts:
             return OFFLINE
-        return max(devices.values(), key=_RANK.__getitem__)
+        return max(counts, key=_RANK.__getitem__)
 
     def status(self, user_id: uuid.UUID) -> str:
         best = self._local_status(user_id)
