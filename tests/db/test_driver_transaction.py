@@ -52,3 +52,19 @@ async def test_a_failed_transaction_writes_nothing_and_its_connection_is_reused_
         assert rows[0].occurred_at == written[0].occurred_at
     finally:
         await db.dispose()
+
+
+async def test_statements_at_the_driver_share_the_session_transaction(database_url: str) -> None:
+    """`driver_of` before any SQLAlchemy statement: still inside the session's transaction."""
+    db = Database(database_url)
+    try:
+        with pytest.raises(_InjectedError):
+            async with db.transaction() as session:
+                await event_store.emit_many_in(session, [NewEvent("t.one", "s:1", {})])
+                raise _InjectedError
+        assert await _counts(db) == (0, 0)
+        async with db.transaction() as session:
+            await event_store.emit_many_in(session, [NewEvent("t.one", "s:1", {})])
+        assert await _counts(db) == (1, 1)
+    finally:
+        await db.dispose()

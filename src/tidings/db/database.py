@@ -65,6 +65,19 @@ def hooks_of(session: AsyncSession) -> CommitHooks:
 _log = get_logger(__name__)
 
 
+async def driver_of(session: AsyncSession) -> Any:
+    """The driver's connection (aiosqlite / asyncpg) under the session's transaction: statements
+    written per dialect run in that transaction."""
+    connection = await session.connection()
+    driver = (await connection.get_raw_connection()).driver_connection
+    is_in_transaction = getattr(driver, "is_in_transaction", None)  # asyncpg
+    if is_in_transaction is not None and not is_in_transaction():
+        # SQLAlchemy's asyncpg adapter sends BEGIN with the first statement it runs: run one,
+        # or what follows would commit on its own (SQLite's BEGIN was sent already).
+        await connection.exec_driver_sql("SELECT 1")
+    return driver
+
+
 def after_commit(session: AsyncSession, callback: AfterCommit, *, key: str | None = None) -> None:
     """Run `callback` once the surrounding `Database.transaction()` has committed.
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import Any
+
+import orjson
 
 
 def to_time(moment: datetime | None) -> str | None:
@@ -26,3 +29,9 @@ def to_uuid(value: uuid.UUID | None) -> str | None:
 
 def read_uuid(text: str | None) -> uuid.UUID | None:
     return uuid.UUID(hex=text) if text is not None else None
+
+
+def json_text(value: Any) -> str:
+    """JSON as text: SQLite's JSON columns, and what asyncpg's jsonb codec (as SQLAlchemy sets
+    it up) takes. Keys may be enums (a message's content is keyed by channel)."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()

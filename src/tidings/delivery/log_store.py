@@ -43,6 +43,26 @@ ATTEMPT_FIELDS = (
     "latency_ms",
 )
 _ATTEMPT_COLUMNS = ", ".join(ATTEMPT_FIELDS)
+# The columns an accept writes (the others start NULL).
+MESSAGE_COLUMNS = (
+    "id",
+    "workspace_id",
+    "api_key_id",
+    "recipient",
+    "route_id",
+    "connector_id",
+    "template_id",
+    "template_version",
+    "content",
+    "metadata",
+    "status",
+    "send_at",
+    "attempts",
+    "created_at",
+    "updated_at",
+    "job_id",
+)
+_JSON_COLUMNS = frozenset({"content", "metadata"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +95,10 @@ class Outcome:
 
 
 class DeliveryLogStore(Protocol):
+    async def insert_messages(self, conn: Any, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert accepted messages (`Deliveries._prepare`'s values, keyed by column)."""
+        ...
+
     async def start(self, conn: Any, ids: Sequence[uuid.UUID], now: datetime) -> list[MessageRow]:
         """Messages among `ids` still queued or sending → sending, one more attempt; those
         rows, with their content."""
@@ -125,7 +149,27 @@ _PG_FINISH = (
 )
 
 
+_PG_MESSAGES = (
+    f"INSERT INTO outbound_messages ({', '.join(MESSAGE_COLUMNS)}) SELECT * FROM unnest("
+    "$1::uuid[], $2::uuid[], $3::uuid[], $4::varchar[], $5::uuid[], $6::uuid[], $7::uuid[], "
+    "$8::int[], $9::jsonb[], $10::jsonb[], $11::varchar[], $12::timestamptz[], $13::int[], "
+    "$14::timestamptz[], $15::timestamptz[], $16::uuid[])"
+)
+
+
 class _PostgresStore:
+    async def insert_messages(self, conn: Any, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            await conn.execute(
+                _PG_MESSAGES,
+                *(
+                    [sv.json_text(r[column]) for r in rows]
+                    if column in _JSON_COLUMNS
+                    else [r[column] for r in rows]
+                    for column in MESSAGE_COLUMNS
+                ),
+            )
+
     async def start(self, conn: Any, ids: Sequence[uuid.UUID], now: datetime) -> list[MessageRow]:
         return [MessageRow(*row) for row in await conn.fetch(_PG_START, now, list(ids))]
 
@@ -194,7 +238,43 @@ def _hex_ids(ids: Sequence[uuid.UUID]) -> str:
     return orjson.dumps([message_id.hex for message_id in ids]).decode()
 
 
+# SQLite allows 32,766 bound variables per statement; 16 per message.
+_SQLITE_MESSAGES_PER_INSERT = 1000
+
+
+@lru_cache(maxsize=64)
+def _sqlite_messages_sql(count: int) -> str:
+    row = "(" + ", ".join(["?"] * len(MESSAGE_COLUMNS)) + ")"
+    columns = ", ".join(MESSAGE_COLUMNS)
+    return f"INSERT INTO outbound_messages ({columns}) VALUES " + ", ".join([row] * count)
+
+
 class _SqliteStore:
+    async def insert_messages(self, conn: Any, rows: Sequence[dict[str, Any]]) -> None:
+        for start in range(0, len(rows), _SQLITE_MESSAGES_PER_INSERT):
+            chunk = rows[start : start + _SQLITE_MESSAGES_PER_INSERT]
+            params: list[Any] = []
+            for r in chunk:
+                params += (
+                    r["id"].hex,
+                    r["workspace_id"].hex,
+                    sv.to_uuid(r["api_key_id"]),
+                    r["recipient"],
+                    sv.to_uuid(r["route_id"]),
+                    sv.to_uuid(r["connector_id"]),
+                    sv.to_uuid(r["template_id"]),
+                    r["template_version"],
+                    sv.json_text(r["content"]),
+                    sv.json_text(r["metadata"]),
+                    str(r["status"]),
+                    sv.to_time(r["send_at"]),
+                    r["attempts"],
+                    sv.to_time(r["created_at"]),
+                    sv.to_time(r["updated_at"]),
+                    sv.to_uuid(r["job_id"]),
+                )
+            await conn.execute_fetchall(_sqlite_messages_sql(len(chunk)), params)
+
     async def start(self, conn: Any, ids: Sequence[uuid.UUID], now: datetime) -> list[MessageRow]:
         rows = await conn.execute_fetchall(_SQLITE_START, (sv.to_time(now), _hex_ids(ids)))
         return [_sqlite_row(row) for row in rows]

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Table, and_, insert, or_, select, update
+from sqlalchemy import Table, and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tidings.db.base import new_id, utcnow
 from tidings.db.batching import GroupCommit
-from tidings.db.database import Database
+from tidings.db.database import Database, driver_of
 from tidings.delivery import idempotency, log_store
 from tidings.delivery.connectors.base import CallbackRejected, Channel, StatusUpdate
 from tidings.delivery.connectors.registry import get_connector_type
@@ -363,8 +363,12 @@ class Deliveries:
             {_COLUMN_OF.get(key, key): value for key, value in values.items()} | {"job_id": job_id}
             for values, job_id in zip(rows, queued, strict=True)
         ]
-        await session.execute(insert(_MESSAGES), table_rows)
-        await emit_many(session, [self._event(m, "delivery.queued") for m in messages])
+        # Written at the driver in this transaction: through SQLAlchemy these two statements
+        # cost more CPU than the rest of an accept's writes.
+        await self._log.insert_messages(await driver_of(session), table_rows)
+        await event_store.emit_many_in(
+            session, [self._event(m, "delivery.queued") for m in messages]
+        )
         return messages
 
     async def _prepare(

@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
-import orjson
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from tidings.db import sqlite_values as sv
 from tidings.db.base import utcnow
+from tidings.db.database import after_commit, driver_of, hooks_of
 from tidings.events.service import (
     PG_ADVANCE_SQL,
     SQLITE_ADVANCE_SQL,
@@ -59,11 +60,11 @@ async def emit_many(conn: Any, dialect: str, new_events: Sequence[NewEvent]) -> 
             [e.workspace_id for e in events],
             [e.stream_key for e in events],
             [e.stream_seq for e in events],
-            [orjson.dumps(e.payload).decode() for e in events],
+            [sv.json_text(e.payload) for e in events],
             [e.occurred_at for e in events],
         )
         return events
-    streams = orjson.dumps({key: counts[key] for key in ordered}).decode()
+    streams = sv.json_text({key: counts[key] for key in ordered})
     rows = await conn.execute_fetchall(_SQLITE_ADVANCE, (streams,))
     events = sequenced(new_events, counts, {key: int(seq) for key, seq in rows}, utcnow())
     for start in range(0, len(events), _SQLITE_ROWS_PER_INSERT):
@@ -76,8 +77,21 @@ async def emit_many(conn: Any, dialect: str, new_events: Sequence[NewEvent]) -> 
                 sv.to_uuid(e.workspace_id),
                 e.stream_key,
                 e.stream_seq,
-                orjson.dumps(e.payload).decode(),
+                sv.json_text(e.payload),
                 sv.to_time(e.occurred_at),
             )
         await conn.execute_fetchall(_sqlite_insert_sql(len(chunk)), params)
+    return events
+
+
+async def emit_many_in(session: AsyncSession, new_events: Sequence[NewEvent]) -> list[WrittenEvent]:
+    """`emit_many` at the driver, inside the session's transaction (same connection): for hot
+    paths that keep SQLAlchemy's transaction but not its statement overhead."""
+    if not new_events:
+        return []
+    conn = await driver_of(session)
+    events = await emit_many(conn, session.get_bind().dialect.name, new_events)
+    wake = hooks_of(session).events_committed
+    if wake is not None:
+        after_commit(session, wake, key="events_committed")
     return events
