@@ -78,6 +78,10 @@ def create_app(
     app.state.settings = settings
     install_problem_handlers(app)
     app.include_router(system_router)
+    # Routes are matched in order, one by one: the send API, the busiest, comes first (no
+    # other route matches its paths; tests/http/test_routing.py).
+    for router in delivery_routers:
+        app.include_router(router)
     app.include_router(onboarding_router)
     for router in identity_routers:
         app.include_router(router)
@@ -85,8 +89,6 @@ def create_app(
     for router in messaging_routers:
         app.include_router(router)
     app.include_router(search_router)
-    for router in delivery_routers:
-        app.include_router(router)
     app.include_router(templates_router)
     app.include_router(realtime_router)
     app.include_router(presence_router)
