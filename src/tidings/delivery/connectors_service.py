@@ -69,6 +69,17 @@ def by_ref(model: type[_Named], workspace_id: uuid.UUID, ref: str) -> Select[_Na
         return query.where(model.name == ref)
 
 
+@dataclass(frozen=True, slots=True)
+class NamedConnector:
+    """What a send needs of the connector it names. A copy, not the ORM row: a row outlives
+    neither its session's rollback (it is expired) nor a change made elsewhere."""
+
+    id: uuid.UUID
+    name: str
+    type: str
+    status: str
+
+
 @dataclass(frozen=True)
 class ConnectorView:
     """A connector as the API shows it: settings in full, credentials masked."""
@@ -126,7 +137,7 @@ class Connectors:
         self._row_reads: dict[uuid.UUID, asyncio.Future[Connector | None]] = {}
         # (workspace, id or name) -> the live connector a send named, for ROW_CACHE_SECONDS:
         # an accept would otherwise read it in every transaction.
-        self._by_ref: dict[tuple[uuid.UUID, str], tuple[float, Connector]] = {}
+        self._by_ref: dict[tuple[uuid.UUID, str], tuple[float, NamedConnector]] = {}
 
     @property
     def context(self) -> ConnectorContext:
@@ -430,7 +441,7 @@ class Connectors:
             )
         return result
 
-    def named_for_send(self, workspace_id: uuid.UUID, ref: str) -> Connector | None:
+    def named_for_send(self, workspace_id: uuid.UUID, ref: str) -> NamedConnector | None:
         """The connector a send named, as read less than ROW_CACHE_SECONDS ago (changes made
         in this process are seen at once; in another one, within that time)."""
         entry = self._by_ref.get((workspace_id, ref))
@@ -438,10 +449,12 @@ class Connectors:
             return None
         return entry[1]
 
-    def remember_named(self, workspace_id: uuid.UUID, ref: str, row: Connector) -> None:
+    def remember_named(self, workspace_id: uuid.UUID, ref: str, row: Connector) -> NamedConnector:
+        named = NamedConnector(row.id, row.name, row.type, row.status)
         if len(self._by_ref) >= _MAX_NAMED:  # many workspaces: start over rather than grow
             self._by_ref.clear()
-        self._by_ref[(workspace_id, ref)] = (time.monotonic() + ROW_CACHE_SECONDS, row)
+        self._by_ref[(workspace_id, ref)] = (time.monotonic() + ROW_CACHE_SECONDS, named)
+        return named
 
     async def load_for_delivery(self, connector_id: uuid.UUID) -> Connector | None:
         """The connector row, read at most once a second per process (a busy worker would

@@ -87,7 +87,10 @@ def _request_of(body: SendIn) -> SendRequest:
         template=body.template,
         template_version=body.template_version,
         variables=body.variables,
-        content=body.content.model_dump(exclude_none=True) if body.content is not None else None,
+        # The fields given, as plain values (iterating the model: no serialization pass).
+        content={k: v for k, v in body.content if v is not None}
+        if body.content is not None
+        else None,
         metadata=body.metadata,
         send_at=body.send_at,
     )
@@ -112,9 +115,7 @@ async def send_message(
     idempotency: IdempotencyKeyHeader = None,
 ) -> Any:
     sender = await _sender(principal, body.workspace_id, Action.DELIVERY_SEND, identity, client)
-    key = idempotency_key(
-        f"send:{sender.workspace_id}:{sender.actor}", idempotency, body.model_dump(mode="json")
-    )
+    key = idempotency_key(f"send:{sender.workspace_id}:{sender.actor}", idempotency, body)
     accepted = await delivery.deliveries.accept(
         sender,
         [_request_of(body)],
@@ -148,9 +149,7 @@ async def send_batch(
                 code="workspace_mismatch",
                 index=index,
             )
-    key = idempotency_key(
-        f"batch:{sender.workspace_id}:{sender.actor}", idempotency, body.model_dump(mode="json")
-    )
+    key = idempotency_key(f"batch:{sender.workspace_id}:{sender.actor}", idempotency, body)
     accepted = await delivery.deliveries.accept(
         sender,
         [_request_of(item) for item in body.messages],

@@ -25,7 +25,12 @@ from tidings.db.database import Database, driver_of
 from tidings.delivery import idempotency, log_store
 from tidings.delivery.connectors.base import CallbackRejected, Channel, StatusUpdate
 from tidings.delivery.connectors.registry import get_connector_type
-from tidings.delivery.connectors_service import Connectors, ConnectorStatus, by_ref
+from tidings.delivery.connectors_service import (
+    Connectors,
+    ConnectorStatus,
+    NamedConnector,
+    by_ref,
+)
 from tidings.delivery.log_store import ATTEMPT_FIELDS, MessageRow, Outcome
 from tidings.delivery.models import Connector, DeliveryAttempt, DeliveryRoute, OutboundMessage
 from tidings.delivery.statuses import FINAL_STATUSES, MessageStatus
@@ -384,6 +389,7 @@ class Deliveries:
         if (request.template is None) == (request.content is None):
             raise Problem("Give exactly one of `template` and `content`.", code="content_required")
         route_id: uuid.UUID | None = None
+        chain: Sequence[Connector | NamedConnector]
         if request.route is not None:
             route, chain = await targets.route(request.route)
             route_id = route.id
@@ -758,7 +764,7 @@ class _Finish:
         return extra
 
 
-def _channel_of(connector: Connector) -> Channel:
+def _channel_of(connector: Connector | NamedConnector) -> Channel:
     connector_type = get_connector_type(connector.type)
     if connector_type is None:
         raise Problem(
@@ -777,18 +783,18 @@ class _TargetCache:
         self._session = session
         self._workspace_id = workspace_id
         self._shared = connectors
-        self._connectors: dict[str, Connector] = {}
+        self._connectors: dict[str, NamedConnector] = {}
         self._routes: dict[str, tuple[DeliveryRoute, list[Connector]]] = {}
 
-    async def connector(self, ref: str) -> Connector:
+    async def connector(self, ref: str) -> NamedConnector:
         found = self._connectors.get(ref) or self._shared.named_for_send(self._workspace_id, ref)
         if found is None:
-            found = await self._session.scalar(by_ref(Connector, self._workspace_id, ref))
-            if found is None:
+            row = await self._session.scalar(by_ref(Connector, self._workspace_id, ref))
+            if row is None:
                 raise NotFound(
                     f"No connector {ref!r} in this workspace.", code="connector_not_found"
                 )
-            self._shared.remember_named(self._workspace_id, ref, found)
+            found = self._shared.remember_named(self._workspace_id, ref, row)
         if found.status == ConnectorStatus.DISABLED:
             raise Conflict(f"Connector {ref!r} is disabled.", code="connector_disabled")
         self._connectors[ref] = found

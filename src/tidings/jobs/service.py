@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from tidings.db.base import new_id, utcnow
-from tidings.db.database import Database, LocalWorker, after_commit, hooks_of
+from tidings.db.database import Database, LocalWorker, after_commit, driver_of, hooks_of
 from tidings.infra.logging import get_logger
 from tidings.jobs.models import ACTIVE_STATUSES, Job, JobStatus
 from tidings.jobs.registry import ClaimedJob
@@ -190,10 +190,24 @@ async def enqueue_many(
     due_now = bool(rows) and all(row["run_at"] <= now for row in rows)
     if worker is not None and due_now and worker.can_adopt(len(rows)):
         return await _enqueue_adopted(session, worker, rows, local, now)
-    answers = await insert_jobs(await session.connection(), rows)
+    answers = await _insert_at_driver(session, rows)
     for job_id in due_ids(rows, answers):
         _publish_after_commit(session, job_id)
     return answers
+
+
+async def _insert_at_driver(
+    session: AsyncSession, rows: Sequence[dict[str, Any]]
+) -> list[uuid.UUID]:
+    """Rows without dedupe keys, in one statement written per dialect (`jobs.store`) inside
+    the session's transaction: a send batch writes up to a thousand."""
+    if not rows:
+        return []
+    dialect = session.get_bind().dialect.name
+    inserted = await store_for(dialect).insert(await driver_of(session), rows)
+    if len(inserted) != len(rows):  # no dedupe key: nothing can conflict
+        raise RuntimeError("jobs without dedupe keys were not all inserted")
+    return [row["id"] for row in rows]
 
 
 async def _enqueue_adopted(
@@ -217,7 +231,7 @@ async def _enqueue_adopted(
         }
         for row in rows
     ]
-    answers = await insert_jobs(await session.connection(), leased)
+    answers = await _insert_at_driver(session, leased)
     claimed = [
         ClaimedJob(
             row["id"],

@@ -25,12 +25,12 @@ from tidings.db.sqlite_values import read_time, to_time
 
 _COLUMNS = (
     "id, name, payload, status, dedupe_key, run_at, published_at, attempts, max_attempts, "
-    "created_at"
+    "created_at, locked_by, lease_expires_at"
 )
 _ACTIVE = "status IN ('queued', 'running')"
 _ON_CONFLICT = f"ON CONFLICT (dedupe_key) WHERE {_ACTIVE} DO NOTHING"
 _CLAIMED = "id, name, payload, attempts, max_attempts, run_at"
-# SQLite allows 32,766 bound variables per statement; 10 per row.
+# SQLite allows 32,766 bound variables per statement; 12 per row.
 _SQLITE_ROWS_PER_INSERT = 1000
 
 ClaimedRow = tuple[uuid.UUID, str, dict[str, Any], int, int, datetime]
@@ -38,7 +38,8 @@ ClaimedRow = tuple[uuid.UUID, str, dict[str, Any], int, int, datetime]
 
 class JobStore(Protocol):
     async def insert(self, conn: Any, rows: Sequence[dict[str, Any]]) -> set[uuid.UUID]:
-        """Insert rows from `service.job_row`; the ids actually inserted (not deduplicated)."""
+        """Insert rows from `service.job_row` (leased ones with `locked_by` and
+        `lease_expires_at`); the ids actually inserted (not deduplicated)."""
         ...
 
     async def active_by_key(self, conn: Any, keys: Sequence[str]) -> dict[str, uuid.UUID]:
@@ -65,7 +66,7 @@ def store_for(dialect: str) -> JobStore:
 
 @lru_cache(maxsize=64)
 def _sqlite_insert_sql(count: int) -> str:
-    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * count)
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * count)
     return f"INSERT INTO jobs ({_COLUMNS}) VALUES {values} {_ON_CONFLICT} RETURNING id"
 
 
@@ -105,6 +106,8 @@ class _SqliteStore:
                     row["attempts"],
                     row["max_attempts"],
                     to_time(row["created_at"]),
+                    row.get("locked_by"),
+                    to_time(row.get("lease_expires_at")),
                 )
             returned = await conn.execute_fetchall(_sqlite_insert_sql(len(chunk)), params)
             inserted.update(uuid.UUID(hex=r[0]) for r in returned)
@@ -148,7 +151,8 @@ def _hex_array(ids: Sequence[uuid.UUID]) -> str:
 _PG_INSERT = (
     f"INSERT INTO jobs ({_COLUMNS}) SELECT * FROM unnest($1::uuid[], $2::varchar[], "
     "$3::jsonb[], $4::varchar[], $5::varchar[], $6::timestamptz[], $7::timestamptz[], "
-    f"$8::int[], $9::int[], $10::timestamptz[]) {_ON_CONFLICT} RETURNING id"
+    f"$8::int[], $9::int[], $10::timestamptz[], $11::varchar[], $12::timestamptz[]) "
+    f"{_ON_CONFLICT} RETURNING id"
 )
 _PG_CLAIM = (
     "UPDATE jobs SET status = 'running', attempts = attempts + 1, locked_by = $1, "
@@ -179,6 +183,8 @@ class _PostgresStore:
             [row["attempts"] for row in rows],
             [row["max_attempts"] for row in rows],
             [row["created_at"] for row in rows],
+            [row.get("locked_by") for row in rows],
+            [row.get("lease_expires_at") for row in rows],
         )
         return {r[0] for r in returned}
 
