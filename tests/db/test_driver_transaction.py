@@ -68,3 +68,22 @@ async def test_statements_at_the_driver_share_the_session_transaction(database_u
         assert await _counts(db) == (1, 1)
     finally:
         await db.dispose()
+
+
+async def test_more_rows_than_one_sqlite_statement_binds_are_all_written(
+    database_url: str,
+) -> None:
+    """7 columns times 5,000 events is past SQLite's 32,766 bound variables: several INSERTs."""
+    db = Database(database_url)
+    try:
+        async with db.driver_transaction() as conn:
+            written = await event_store.emit_many(
+                conn, db.dialect, [NewEvent("t.bulk", f"s:{i % 3}", {"i": i}) for i in range(5000)]
+            )
+        assert len(written) == 5000
+        assert await _counts(db) == (5000, 3)
+        async with db.read() as session:
+            last = await session.scalar(select(func.max(Event.stream_seq)))
+        assert last == 1667  # 5,000 events over three streams: 1,667 + 1,667 + 1,666
+    finally:
+        await db.dispose()

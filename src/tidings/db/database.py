@@ -70,8 +70,7 @@ async def driver_of(session: AsyncSession) -> Any:
     written per dialect run in that transaction."""
     connection = await session.connection()
     driver = (await connection.get_raw_connection()).driver_connection
-    is_in_transaction = getattr(driver, "is_in_transaction", None)  # asyncpg
-    if is_in_transaction is not None and not is_in_transaction():
+    if not _in_transaction(driver):
         # SQLAlchemy's asyncpg adapter sends BEGIN with the first statement it runs: run one,
         # or what follows would commit on its own (SQLite's BEGIN was sent already).
         await connection.exec_driver_sql("SELECT 1")

@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
 from typing import Any, Protocol
 
 import orjson
@@ -210,14 +209,6 @@ _SQLITE_FINISH = (
     "sent_at = coalesce(?, sent_at), finished_at = coalesce(?, finished_at), "
     "error = ?, error_class = ? WHERE id = ?"
 )
-# SQLite allows 32,766 bound variables per statement; 11 per attempt row.
-_SQLITE_ATTEMPTS_PER_INSERT = 1000
-
-
-@lru_cache(maxsize=64)
-def _sqlite_attempts_sql(count: int) -> str:
-    row = "(" + ", ".join(["?"] * len(ATTEMPT_FIELDS)) + ")"
-    return f"INSERT INTO delivery_attempts ({_ATTEMPT_COLUMNS}) VALUES " + ", ".join([row] * count)
 
 
 def _sqlite_row(row: Sequence[Any]) -> MessageRow:
@@ -234,70 +225,53 @@ def _sqlite_row(row: Sequence[Any]) -> MessageRow:
     )
 
 
-def _hex_ids(ids: Sequence[uuid.UUID]) -> str:
-    return orjson.dumps([message_id.hex for message_id in ids]).decode()
-
-
-# SQLite allows 32,766 bound variables per statement; 16 per message.
-_SQLITE_MESSAGES_PER_INSERT = 1000
-
-
-@lru_cache(maxsize=64)
-def _sqlite_messages_sql(count: int) -> str:
-    row = "(" + ", ".join(["?"] * len(MESSAGE_COLUMNS)) + ")"
-    columns = ", ".join(MESSAGE_COLUMNS)
-    return f"INSERT INTO outbound_messages ({columns}) VALUES " + ", ".join([row] * count)
-
-
 class _SqliteStore:
     async def insert_messages(self, conn: Any, rows: Sequence[dict[str, Any]]) -> None:
-        for start in range(0, len(rows), _SQLITE_MESSAGES_PER_INSERT):
-            chunk = rows[start : start + _SQLITE_MESSAGES_PER_INSERT]
-            params: list[Any] = []
-            for r in chunk:
-                params += (
-                    r["id"].hex,
-                    r["workspace_id"].hex,
-                    sv.to_uuid(r["api_key_id"]),
-                    r["recipient"],
-                    sv.to_uuid(r["route_id"]),
-                    sv.to_uuid(r["connector_id"]),
-                    sv.to_uuid(r["template_id"]),
-                    r["template_version"],
-                    sv.json_text(r["content"]),
-                    sv.json_text(r["metadata"]),
-                    str(r["status"]),
-                    sv.to_time(r["send_at"]),
-                    r["attempts"],
-                    sv.to_time(r["created_at"]),
-                    sv.to_time(r["updated_at"]),
-                    sv.to_uuid(r["job_id"]),
-                )
-            await conn.execute_fetchall(_sqlite_messages_sql(len(chunk)), params)
+        values = [
+            (
+                r["id"].hex,
+                r["workspace_id"].hex,
+                sv.to_uuid(r["api_key_id"]),
+                r["recipient"],
+                sv.to_uuid(r["route_id"]),
+                sv.to_uuid(r["connector_id"]),
+                sv.to_uuid(r["template_id"]),
+                r["template_version"],
+                sv.json_text(r["content"]),
+                sv.json_text(r["metadata"]),
+                str(r["status"]),
+                sv.to_time(r["send_at"]),
+                r["attempts"],
+                sv.to_time(r["created_at"]),
+                sv.to_time(r["updated_at"]),
+                sv.to_uuid(r["job_id"]),
+            )
+            for r in rows
+        ]
+        await sv.insert_rows(conn, "outbound_messages", MESSAGE_COLUMNS, values)
 
     async def start(self, conn: Any, ids: Sequence[uuid.UUID], now: datetime) -> list[MessageRow]:
-        rows = await conn.execute_fetchall(_SQLITE_START, (sv.to_time(now), _hex_ids(ids)))
+        rows = await conn.execute_fetchall(_SQLITE_START, (sv.to_time(now), sv.hex_array(ids)))
         return [_sqlite_row(row) for row in rows]
 
     async def add_attempts(self, conn: Any, attempts: Sequence[dict[str, Any]]) -> None:
-        for start in range(0, len(attempts), _SQLITE_ATTEMPTS_PER_INSERT):
-            chunk = attempts[start : start + _SQLITE_ATTEMPTS_PER_INSERT]
-            params: list[Any] = []
-            for a in chunk:
-                params += (
-                    a["id"].hex,
-                    a["message_id"].hex,
-                    a["number"],
-                    sv.to_uuid(a["connector_id"]),
-                    sv.to_time(a["started_at"]),
-                    sv.to_time(a["finished_at"]),
-                    a["outcome"],
-                    a["error_class"],
-                    a["provider_status"],
-                    a["provider_response"],
-                    a["latency_ms"],
-                )
-            await conn.execute_fetchall(_sqlite_attempts_sql(len(chunk)), params)
+        values = [
+            (
+                a["id"].hex,
+                a["message_id"].hex,
+                a["number"],
+                sv.to_uuid(a["connector_id"]),
+                sv.to_time(a["started_at"]),
+                sv.to_time(a["finished_at"]),
+                a["outcome"],
+                a["error_class"],
+                a["provider_status"],
+                a["provider_response"],
+                a["latency_ms"],
+            )
+            for a in attempts
+        ]
+        await sv.insert_rows(conn, "delivery_attempts", ATTEMPT_FIELDS, values)
 
     async def finish(
         self, conn: Any, outcomes: Sequence[Outcome], now: datetime
@@ -310,7 +284,7 @@ class _SqliteStore:
             for row in map(
                 _sqlite_row,
                 await conn.execute_fetchall(
-                    _SQLITE_SENDING, (_hex_ids([o.message_id for o in outcomes]),)
+                    _SQLITE_SENDING, (sv.hex_array([o.message_id for o in outcomes]),)
                 ),
             )
         }

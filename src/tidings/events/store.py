@@ -11,7 +11,6 @@ after its COMMIT (`Database.hooks.events_committed`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,20 +27,14 @@ from tidings.events.service import (
     stream_counts,
 )
 
-_COLUMNS = "id, type, workspace_id, stream_key, stream_seq, payload, occurred_at"
+_COLUMN_NAMES = ("id", "type", "workspace_id", "stream_key", "stream_seq", "payload", "occurred_at")
+_COLUMNS = ", ".join(_COLUMN_NAMES)
 _PG_ADVANCE = PG_ADVANCE_SQL.format(keys="$1", counts="$2")
 _PG_INSERT = (
     f"INSERT INTO events ({_COLUMNS}) SELECT * FROM unnest($1::uuid[], $2::varchar[], "
     "$3::uuid[], $4::varchar[], $5::bigint[], $6::jsonb[], $7::timestamptz[])"
 )
 _SQLITE_ADVANCE = SQLITE_ADVANCE_SQL.format(streams="?")
-# SQLite allows 32,766 bound variables per statement; 7 per row.
-_SQLITE_ROWS_PER_INSERT = 1000
-
-
-@lru_cache(maxsize=64)
-def _sqlite_insert_sql(count: int) -> str:
-    return f"INSERT INTO events ({_COLUMNS}) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * count)
 
 
 async def emit_many(conn: Any, dialect: str, new_events: Sequence[NewEvent]) -> list[WrittenEvent]:
@@ -67,11 +60,12 @@ async def emit_many(conn: Any, dialect: str, new_events: Sequence[NewEvent]) -> 
     streams = sv.json_text({key: counts[key] for key in ordered})
     rows = await conn.execute_fetchall(_SQLITE_ADVANCE, (streams,))
     events = sequenced(new_events, counts, {key: int(seq) for key, seq in rows}, utcnow())
-    for start in range(0, len(events), _SQLITE_ROWS_PER_INSERT):
-        chunk = events[start : start + _SQLITE_ROWS_PER_INSERT]
-        params: list[Any] = []
-        for e in chunk:
-            params += (
+    await sv.insert_rows(
+        conn,
+        "events",
+        _COLUMN_NAMES,
+        [
+            (
                 e.id.hex,
                 e.type,
                 sv.to_uuid(e.workspace_id),
@@ -80,7 +74,9 @@ async def emit_many(conn: Any, dialect: str, new_events: Sequence[NewEvent]) -> 
                 sv.json_text(e.payload),
                 sv.to_time(e.occurred_at),
             )
-        await conn.execute_fetchall(_sqlite_insert_sql(len(chunk)), params)
+            for e in events
+        ],
+    )
     return events
 
 

@@ -18,20 +18,28 @@ import json
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from functools import lru_cache
 from typing import Any, Protocol
 
-from tidings.db.sqlite_values import read_time, to_time
+from tidings.db.sqlite_values import hex_array, insert_rows, read_time, to_time
 
-_COLUMNS = (
-    "id, name, payload, status, dedupe_key, run_at, published_at, attempts, max_attempts, "
-    "created_at, locked_by, lease_expires_at"
+_COLUMN_NAMES = (
+    "id",
+    "name",
+    "payload",
+    "status",
+    "dedupe_key",
+    "run_at",
+    "published_at",
+    "attempts",
+    "max_attempts",
+    "created_at",
+    "locked_by",
+    "lease_expires_at",
 )
+_COLUMNS = ", ".join(_COLUMN_NAMES)
 _ACTIVE = "status IN ('queued', 'running')"
 _ON_CONFLICT = f"ON CONFLICT (dedupe_key) WHERE {_ACTIVE} DO NOTHING"
 _CLAIMED = "id, name, payload, attempts, max_attempts, run_at"
-# SQLite allows 32,766 bound variables per statement; 12 per row.
-_SQLITE_ROWS_PER_INSERT = 1000
 
 ClaimedRow = tuple[uuid.UUID, str, dict[str, Any], int, int, datetime]
 
@@ -64,12 +72,6 @@ def store_for(dialect: str) -> JobStore:
 # -- SQLite (aiosqlite) ---------------------------------------------------------------------
 
 
-@lru_cache(maxsize=64)
-def _sqlite_insert_sql(count: int) -> str:
-    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * count)
-    return f"INSERT INTO jobs ({_COLUMNS}) VALUES {values} {_ON_CONFLICT} RETURNING id"
-
-
 # Id lists travel as one JSON array: one statement text (and one prepared statement in
 # SQLite's cache) whatever the count.
 _SQLITE_IDS = "(SELECT value FROM json_each(?))"
@@ -90,28 +92,27 @@ _SQLITE_ACTIVE_BY_KEY = (
 
 class _SqliteStore:
     async def insert(self, conn: Any, rows: Sequence[dict[str, Any]]) -> set[uuid.UUID]:
-        inserted: set[uuid.UUID] = set()
-        for start in range(0, len(rows), _SQLITE_ROWS_PER_INSERT):
-            chunk = rows[start : start + _SQLITE_ROWS_PER_INSERT]
-            params: list[Any] = []
-            for row in chunk:
-                params += (
-                    row["id"].hex,
-                    row["name"],
-                    json.dumps(row["payload"]),
-                    row["status"],
-                    row["dedupe_key"],
-                    to_time(row["run_at"]),
-                    to_time(row["published_at"]),
-                    row["attempts"],
-                    row["max_attempts"],
-                    to_time(row["created_at"]),
-                    row.get("locked_by"),
-                    to_time(row.get("lease_expires_at")),
-                )
-            returned = await conn.execute_fetchall(_sqlite_insert_sql(len(chunk)), params)
-            inserted.update(uuid.UUID(hex=r[0]) for r in returned)
-        return inserted
+        values = [
+            (
+                row["id"].hex,
+                row["name"],
+                json.dumps(row["payload"]),
+                row["status"],
+                row["dedupe_key"],
+                to_time(row["run_at"]),
+                to_time(row["published_at"]),
+                row["attempts"],
+                row["max_attempts"],
+                to_time(row["created_at"]),
+                row.get("locked_by"),
+                to_time(row.get("lease_expires_at")),
+            )
+            for row in rows
+        ]
+        returned = await insert_rows(
+            conn, "jobs", _COLUMN_NAMES, values, tail=f"{_ON_CONFLICT} RETURNING id"
+        )
+        return {uuid.UUID(hex=r[0]) for r in returned}
 
     async def active_by_key(self, conn: Any, keys: Sequence[str]) -> dict[str, uuid.UUID]:
         found = await conn.execute_fetchall(_SQLITE_ACTIVE_BY_KEY, (json.dumps(list(keys)),))
@@ -120,7 +121,7 @@ class _SqliteStore:
     async def claim(
         self, conn: Any, ids: Sequence[uuid.UUID], now: datetime, node: str, lease: datetime
     ) -> list[ClaimedRow]:
-        params = (node, to_time(lease), _hex_array(ids), to_time(now))
+        params = (node, to_time(lease), hex_array(ids), to_time(now))
         return [
             (
                 uuid.UUID(hex=job_id),
@@ -136,11 +137,7 @@ class _SqliteStore:
         ]
 
     async def complete(self, conn: Any, ids: Sequence[uuid.UUID], node: str, now: datetime) -> None:
-        await conn.execute_fetchall(_SQLITE_COMPLETE, (to_time(now), _hex_array(ids), node))
-
-
-def _hex_array(ids: Sequence[uuid.UUID]) -> str:
-    return json.dumps([job_id.hex for job_id in ids])
+        await conn.execute_fetchall(_SQLITE_COMPLETE, (to_time(now), hex_array(ids), node))
 
 
 # -- PostgreSQL (asyncpg) -------------------------------------------------------------------
