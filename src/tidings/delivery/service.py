@@ -112,23 +112,9 @@ class MessageView:
         return cls(**{name: values[name] for name in _VIEW_FIELDS})
 
     @classmethod
-    def started(cls, row: MessageRow) -> MessageView:
-        """From a row a start returned (with its content)."""
-        return cls(
-            id=row.id,
-            workspace_id=row.workspace_id,
-            status=MessageStatus.SENDING,
-            recipient=row.recipient,
-            connector_id=row.connector_id,
-            route_id=row.route_id,
-            message_metadata=row.message_metadata,
-            attempts=row.attempts,
-            content=row.content,
-        )
-
-    @classmethod
-    def finished(cls, row: MessageRow, status: str) -> MessageView:
-        """From a row a finish returned, with its new status."""
+    def of(cls, row: MessageRow, status: str) -> MessageView:
+        """From a row the delivery log returned, with its new status (and, from a start, its
+        content)."""
         return cls(
             id=row.id,
             workspace_id=row.workspace_id,
@@ -138,6 +124,7 @@ class MessageView:
             route_id=row.route_id,
             message_metadata=row.message_metadata,
             attempts=row.attempts,
+            content=row.content,
         )
 
 
@@ -632,7 +619,7 @@ class Deliveries:
     async def _start_many(self, ids: list[uuid.UUID]) -> list[MessageView | None]:
         async with self._db.driver_transaction() as conn:
             rows = await self._log.start(conn, list(set(ids)), utcnow())
-            started = [MessageView.started(row) for row in rows]
+            started = [MessageView.of(row, MessageStatus.SENDING) for row in rows]
             if started:
                 await event_store.emit_many(
                     conn,
@@ -686,12 +673,15 @@ class Deliveries:
             changed = await self._log.finish(
                 conn, [finish.outcome(now) for finish in firsts.values()], now
             )
-            events = [
-                self._event(updated, finish.event_type, **finish.event_extra(updated))
-                for finish in firsts.values()
-                if (row := changed.get(finish.message.id)) is not None
-                for updated in [MessageView.finished(row, finish.status)]
-            ]
+            events: list[NewEvent] = []
+            for finish in firsts.values():
+                row = changed.get(finish.message.id)
+                if row is None:
+                    continue  # finished by another run of its job already
+                updated = MessageView.of(row, finish.status)
+                events.append(
+                    self._event(updated, finish.event_type, **finish.event_extra(updated))
+                )
             await event_store.emit_many(conn, self._db.dialect, events)
         if events:
             self._events_committed()

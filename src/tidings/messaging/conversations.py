@@ -687,11 +687,6 @@ class Conversations:
 
     # -- for the realtime gateway ----------------------------------------------------------
 
-    async def conversation_ids_for(self, user_id: uuid.UUID) -> dict[uuid.UUID, uuid.UUID]:
-        """Every conversation `user_id` is a member of, with its workspace (for subscribing)."""
-        async with self._db.read() as session:
-            return await member_conversations(session, user_id)
-
     async def readable(self, principal: Principal, conversation_id: uuid.UUID) -> Conversation:
         """The conversation if `principal` may read it (404 otherwise)."""
         async with self._db.read() as session:

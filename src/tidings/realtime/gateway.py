@@ -25,7 +25,6 @@ import orjson
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 from websockets.http11 import Request
 
 from tidings.db.base import utcnow
@@ -362,8 +361,17 @@ class Gateway:
                 subscriber.deliver_now(room, seq, frame, ws_frame, ephemeral)
 
     async def _positions(self, streams: Sequence[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
         async with self._db.read() as session:
-            return await _positions_in(session, streams)
+            for start in range(0, len(streams), STREAM_CHUNK):
+                chunk = streams[start : start + STREAM_CHUNK]
+                rows = await session.execute(
+                    select(EventStream.stream_key, EventStream.last_seq).where(
+                        EventStream.stream_key.in_(chunk)
+                    )
+                )
+                found.update({stream: seq for stream, seq in rows.all()})  # noqa: C416 - typed pairs
+        return found
 
     def disconnected(self, subscriber: RealtimeSubscriber) -> None:
         metrics.REALTIME_CONNECTIONS.dec()
@@ -738,20 +746,6 @@ class Gateway:
             "dropped_ephemeral": self.hub.dropped,
             "slow_consumers_disconnected": self.slow_consumers,
         }
-
-
-async def _positions_in(session: AsyncSession, streams: Sequence[str]) -> dict[str, int]:
-    """The last sequence of each stream that has one."""
-    found: dict[str, int] = {}
-    for start in range(0, len(streams), STREAM_CHUNK):
-        chunk = streams[start : start + STREAM_CHUNK]
-        rows = await session.execute(
-            select(EventStream.stream_key, EventStream.last_seq).where(
-                EventStream.stream_key.in_(chunk)
-            )
-        )
-        found.update({stream: seq for stream, seq in rows.all()})  # noqa: C416 - typed pairs
-    return found
 
 
 def parse_positions(raw: str | None) -> dict[str, int] | None:
