@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -309,22 +309,13 @@ class _SqliteStore:
                 ],
             )
         return {
-            o.message_id: _with_connector(sending[o.message_id], o.connector_id) for o in changed
+            # As PostgreSQL's RETURNING gives it: the connector coalesced with the new one.
+            o.message_id: replace(
+                sending[o.message_id],
+                connector_id=o.connector_id or sending[o.message_id].connector_id,
+            )
+            for o in changed
         }
-
-
-def _with_connector(row: MessageRow, connector_id: uuid.UUID | None) -> MessageRow:
-    if connector_id is None or connector_id == row.connector_id:
-        return row
-    return MessageRow(
-        row.id,
-        row.workspace_id,
-        row.recipient,
-        connector_id,
-        row.route_id,
-        row.message_metadata,
-        row.attempts,
-    )
 
 
 _OUTCOME_FIELDS = (
