@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import secrets
 import signal
@@ -199,6 +200,13 @@ class Provider:
         response.raise_for_status()
         body: dict[str, Any] = response.json()
         return body
+
+    async def turnarounds(self) -> Latency:
+        """From each answer to the next request on that connection: the client's time between
+        two calls on one slot (what keeps a worker below the ceiling)."""
+        response = await self._http.get("/_ctl/turnarounds")
+        response.raise_for_status()
+        return Latency.of_seconds([gap / 1000 for _, gap in response.json()])
 
     async def wait(self, key: str, count: int, limit: float) -> dict[str, Any]:
         deadline = time.perf_counter() + limit
@@ -623,6 +631,7 @@ async def measure_delivery(
     ceiling = workers * params.concurrency / (params.provider_delay_ms / 1000)
     await asyncio.sleep(0.3)
     final = await provider.control("stats")
+    turnaround = await provider.turnarounds()
     return {
         "workers": workers,
         "concurrency_per_worker": params.concurrency,
@@ -634,6 +643,7 @@ async def measure_delivery(
         "ceiling_per_s": round(ceiling, 1),
         "of_ceiling": round(rate / ceiling, 3),
         "provider_received": final["received"],
+        "turnaround_ms": turnaround.as_dict(),
         "duplicates": final["received"] - params.backlog,
         "confirmed": confirmed,
         "confirm_seconds_after_last_answer": round(time.perf_counter() - confirm_started, 3),
@@ -914,6 +924,19 @@ def summarize(rounds: list[dict[str, Any]], params: Params, systems: list[str]) 
                     [r["delivery"][workers]["server_cpu_ms_per_delivery"] for r in runs]
                 ),
                 "all_confirmed": all(r["delivery"][workers]["confirmed"]["all_sent"] for r in runs),
+                # Results from before the provider measured turnarounds have none.
+                "turnaround_p50_ms": _spread(
+                    [
+                        r["delivery"][workers].get("turnaround_ms", {}).get("p50", math.nan)
+                        for r in runs
+                    ]
+                ),
+                "turnaround_p99_ms": _spread(
+                    [
+                        r["delivery"][workers].get("turnaround_ms", {}).get("p99", math.nan)
+                        for r in runs
+                    ]
+                ),
             }
         runs = [r[system] for r in rounds if r.get(system, {}).get("latency")]
         if runs:
@@ -1013,8 +1036,8 @@ def render(results: dict[str, Any]) -> str:
         "process)",
         "",
         "| system | workers | deliveries/s | % of ceiling (≥ 90 %) | vs BullMQ (≥ 1.0x) "
-        "| server CPU ms/delivery | all sent |",
-        "|---|---|---|---|---|---|---|",
+        "| server CPU ms/delivery | slot turnaround p50 / p99 ms | all sent |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for system in systems:
         for workers, item in summary[system]["delivery"].items():
@@ -1032,6 +1055,7 @@ def render(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {system} | {workers} | {_f(item['deliveries_per_s'])} | {of_text} "
                 f"| {ratio_text} | {_f(item['server_cpu_ms_per_delivery'], 2)} "
+                f"| {_f(item.get('turnaround_p50_ms'), 1)} / {_f(item.get('turnaround_p99_ms'), 1)} "
                 f"| {'yes' if item['all_confirmed'] else 'NO'} |"
             )
     lines += [

@@ -6,7 +6,8 @@
 //   node provider.js --port 0 --delay-ms 50      prints {"port": N} on stdout when listening
 //
 // Control (same port, paths under /_ctl/): GET stats, POST hold, POST release, POST reset,
-// POST delay?ms=N, GET receipts (delivery id -> arrival time, Unix ms, sub-ms resolution).
+// POST delay?ms=N, GET receipts (delivery id -> arrival time, Unix ms, sub-ms resolution),
+// GET turnarounds ([arrival, ms since the previous answer on that connection] per request).
 'use strict';
 
 const http = require('http');
@@ -31,6 +32,9 @@ function reset() {
     firstReceivedMs: null,
     lastCompletedMs: null,
     receipts: new Map(),
+    // Turnaround: from an answer to the next request on the same keep-alive connection, i.e.
+    // how long the client took to reuse its slot (its own overhead between two calls).
+    turnarounds: [],
     held: [],
     holding: false,
   };
@@ -38,6 +42,7 @@ function reset() {
 reset();
 
 function answer(res) {
+  res.socket.answeredMs = nowMs();
   res.writeHead(200, { 'Content-Type': 'application/json', 'Content-Length': REPLY.length });
   res.end(REPLY);
   state.completed += 1;
@@ -81,6 +86,9 @@ function control(req, res, url) {
     case '/_ctl/delay':
       delayMs = Number(url.searchParams.get('ms'));
       break;
+    case '/_ctl/turnarounds':
+      body = state.turnarounds;
+      break;
     case '/_ctl/receipts':
       body = Object.fromEntries(state.receipts);
       break;
@@ -102,6 +110,8 @@ const server = http.createServer((req, res) => {
   }
   const arrived = nowMs();
   state.received += 1;
+  const answered = req.socket.answeredMs;
+  if (answered !== undefined && !state.holding) state.turnarounds.push([arrived, arrived - answered]);
   if (state.firstReceivedMs === null) state.firstReceivedMs = arrived;
   const id = req.headers['tidings-delivery-id'];
   if (id) state.receipts.set(id, arrived);

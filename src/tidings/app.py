@@ -22,7 +22,7 @@ from tidings.messaging.routes import routers as messaging_routers
 from tidings.onboarding.routes import router as onboarding_router
 from tidings.realtime.routes import presence_router
 from tidings.realtime.routes import router as realtime_router
-from tidings.runtime import Runtime
+from tidings.runtime import Runtime, settle_heap
 from tidings.search.routes import router as search_router
 from tidings.settings import Profile, Settings, load_settings
 from tidings.system.routes import router as system_router
@@ -54,7 +54,10 @@ def create_app(
     settings: Settings | None = None,
     *,
     routers: Sequence[APIRouter] = (),
+    settle_heap_after_start: bool = False,
 ) -> FastAPI:
+    """The ASGI app. `settle_heap_after_start`: for a long-lived server process (`tidings
+    serve`), not for tests that build many apps in one process."""
     settings = settings or load_settings()
     runtime = Runtime(settings, role="serve")
 
@@ -62,6 +65,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         await prepare_database(settings)
         await runtime.start()
+        if settle_heap_after_start:
+            settle_heap()
         try:
             # Lifespan state: uvicorn hands it to the WebSocket protocol (`realtime`).
             yield {"realtime": runtime.realtime}

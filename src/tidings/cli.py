@@ -60,7 +60,7 @@ def serve(
     from tidings.realtime.connection import WebSocketConnection
 
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, settle_heap_after_start=True),
         # Upgrade requests go to the gateway's own protocol, not through ASGI (see
         # tidings/realtime/connection.py); plain HTTP is parsed by httptools.
         http="httptools",
@@ -103,7 +103,7 @@ def worker() -> None:
 
 async def _run_worker(settings: Settings) -> None:
     from tidings.app import prepare_database
-    from tidings.runtime import Runtime
+    from tidings.runtime import Runtime, settle_heap
 
     await prepare_database(settings)
     runtime = Runtime(settings, role="worker")
@@ -112,6 +112,7 @@ async def _run_worker(settings: Settings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await runtime.start()
+    settle_heap()
     await stop.wait()
     await runtime.stop()
 

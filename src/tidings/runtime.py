@@ -7,6 +7,7 @@ database is PostgreSQL and Redis carries the backplane, the job transport and th
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import os
 import socket
@@ -205,3 +206,15 @@ def _load_plugin(module_name: str, runtime: Runtime) -> None:
     setup = getattr(module, "setup", None)
     if callable(setup):
         setup(runtime)
+
+
+def settle_heap() -> None:
+    """Once a process has started: collect, then move every live object to the permanent
+    generation, where the collector no longer looks.
+
+    Modules, routes, models and caches live as long as the process. Left in the oldest
+    generation, each full collection walks them all again: 80 to 130 ms here (~200,000 objects),
+    during which nothing else runs (bench.delivery saw all 32 provider slots idle for ~100 ms).
+    """
+    gc.collect()
+    gc.freeze()
