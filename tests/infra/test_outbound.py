@@ -124,6 +124,21 @@ async def test_allowed_network_reaches_the_server(target: Target) -> None:
         await get(OutboundPolicy.from_strings(["10.0.0.0/8"]), f"{target.base_url}/ok")
 
 
+async def test_a_callers_header_replaces_the_default_of_that_name_in_any_case(
+    target: Target,
+) -> None:
+    policy = OutboundPolicy.from_strings(["127.0.0.0/8"])
+    async with OutboundClient(policy, timeout_seconds=2.0) as client:
+        await client.request("GET", f"{target.base_url}/a")
+        await client.request(
+            "GET", f"{target.base_url}/b", headers={"user-agent": "mine"}, auth=("u", "p")
+        )
+    default, replaced = target.received
+    assert default.headers["user-agent"] == "Tidings"
+    assert replaced.headers["user-agent"] == "mine"  # one value, not "Tidings, mine"
+    assert replaced.headers["authorization"] == "Basic dTpw"
+
+
 async def test_redirects_are_not_followed(target: Target) -> None:
     response = await get(
         OutboundPolicy.from_strings(["127.0.0.0/8"]), f"{target.base_url}/redirect"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import ipaddress
 import socket
 import ssl
@@ -82,13 +83,28 @@ class OutboundPolicy:
             addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
         refused = [a for a in addresses if not self.permits(a)]
         if refused or not addresses:
-            raise OutboundBlocked(
-                f"{host} resolves to a non-public address ({refused[0] if refused else 'none'}); "
-                "allow its network with TIDINGS_OUTBOUND_ALLOW_NETWORKS if it is meant"
-            )
+            raise _blocked(host, refused[0] if refused else None)
         return list(dict.fromkeys(str(a) for a in addresses))
 
+    def check(self, address: IPAddress) -> None:
+        """OutboundBlocked unless `address` (an address literal of a URL) is permitted."""
+        if not self.permits(address):
+            raise _blocked(str(address), address)
 
+
+def _blocked(host: str, refused: IPAddress | None) -> OutboundBlocked:
+    return OutboundBlocked(
+        f"{host} resolves to a non-public address ({refused or 'none'}); "
+        "allow its network with TIDINGS_OUTBOUND_ALLOW_NETWORKS if it is meant"
+    )
+
+
+# Both parse the same few provider URLs on every request (a tenth of a delivery's CPU): the
+# results are immutable, so they are parsed once per process.
+_parsed_url = functools.lru_cache(maxsize=1024)(httpx.URL)
+
+
+@functools.lru_cache(maxsize=1024)
 def literal_address(host: str) -> IPAddress | None:
     """The address `host` spells, in any form the C library accepts (`127.1`, `2130706433`,
     `0x7f000001`, `[::1]` …), or None for a name."""
@@ -162,12 +178,18 @@ class OutboundClient:
     ) -> httpx.Request:
         """An httpx request (`params`, `json`, `data`, `content` as httpx takes them) with this
         client's default headers and, for `auth`, HTTP basic credentials."""
-        merged = httpx.Headers(self._headers)
-        merged.update(headers or {})
+        given = dict(headers or {})
         if auth is not None:
             pair = f"{auth[0]}:{auth[1]}".encode()
-            merged["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
-        return httpx.Request(method, url, headers=merged, **body)
+            given["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+        # The caller's headers replace defaults of the same name (in any case); one list, so
+        # httpx builds its Headers once rather than three times.
+        named = {name.lower() for name in given}
+        merged = [(k, v) for k, v in self._headers.items() if k.lower() not in named]
+        merged += given.items()
+        return httpx.Request(
+            method, _parsed_url(url) if isinstance(url, str) else url, headers=merged, **body
+        )
 
     async def request(
         self, method: str, url: str | httpx.URL, *, max_bytes: int = 1_048_576, **kwargs: Any
@@ -186,7 +208,7 @@ class OutboundClient:
         literal = literal_address(url.host)
         if literal is not None:
             # aiohttp connects to an address literal without asking the resolver.
-            await self.policy.resolve(str(literal), url.port or 0)
+            self.policy.check(literal)
             if url.host.strip("[]") != str(literal):
                 raise OutboundBlocked(
                     f"{url.host} is not a canonical address; write it as {literal}"
