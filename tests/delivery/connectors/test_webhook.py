@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+import structlog
 from pydantic import ValidationError
 
 from tests.delivery.providers.base import Reply
@@ -21,6 +22,7 @@ from tidings.delivery.connectors.webhook import (
     sign,
     verify_signature,
 )
+from tidings.infra.logging import configure_logging
 
 SECRET = "whsec_" + "s" * 32
 OLD_SECRET = "whsec_" + "o" * 32
@@ -302,3 +304,16 @@ def test_settings_refused(values: dict[str, object]) -> None:
 def test_short_signing_secret_refused() -> None:
     with pytest.raises(ValidationError):
         WebhookCredentials.model_validate({"signing_secret": "short"})
+
+
+async def test_a_connector_works_before_logging_is_configured(
+    receiver: WebhookReceiver, context: HttpConnectorContext
+) -> None:
+    # A script or plugin test may use a connector without `configure_logging`: structlog's
+    # default logger then lacks the standard library's `isEnabledFor`.
+    structlog.reset_defaults()
+    try:
+        result = await connector(context, receiver.url).send(envelope("ops", {"text": "hi"}))
+    finally:
+        configure_logging("info", "json")
+    assert result.status == 200

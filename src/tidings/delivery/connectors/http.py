@@ -40,6 +40,9 @@ if TYPE_CHECKING:
     from tidings.settings import Settings
 
 _log = get_logger(__name__)
+# The level is asked of the standard library's logger: structlog's logger only has
+# `isEnabledFor` once `configure_logging` has run (a script or test using a connector may not).
+_level_of = logging.getLogger(__name__)
 DEFAULT_MAX_RESPONSE_BYTES = 1_048_576
 SUMMARY_CHARS = 500
 REDACTED = "***"
@@ -178,7 +181,7 @@ async def request(
             ErrorClass.CONFIGURATION,
             f"{provider}: the address cannot be used ({redact(str(exc), secrets)})",
         ) from None
-    if _log.isEnabledFor(logging.DEBUG):
+    if _level_of.isEnabledFor(logging.DEBUG):
         # The host only: a path or query may be the secret (webhook URLs, bot tokens).
         _log.debug(
             "outbound_request",
