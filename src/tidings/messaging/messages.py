@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from tidings.db.base import dialect_insert, new_id, utcnow
 from tidings.db.database import Database
@@ -20,7 +21,7 @@ from tidings.http.problems import Conflict, Forbidden, NotFound, Problem
 from tidings.identity.policy import ApiKeyPrincipal, Principal, UserPrincipal
 from tidings.infra import metrics
 from tidings.infra.logging import get_logger
-from tidings.messaging import events
+from tidings.messaging import events, store
 from tidings.messaging.access import (
     ConversationAccess,
     ConversationAction,
@@ -323,19 +324,15 @@ class Messages:
         for item in ready:
             counts[item.access.conversation.id] += 1
         next_seq: dict[uuid.UUID, int] = {}
+        conversations = {item.access.conversation.id: item.access.conversation for item in ready}
         for conversation_id in sorted(counts, key=lambda c: c.bytes):
-            last: int = (
-                await session.execute(
-                    update(Conversation)
-                    .where(Conversation.id == conversation_id)
-                    .values(
-                        last_seq=Conversation.last_seq + counts[conversation_id],
-                        last_message_at=now,
-                    )
-                    .returning(Conversation.last_seq)
-                )
-            ).scalar_one()
+            last = await store.advance_sequence(
+                session, conversation_id, counts[conversation_id], now
+            )
             next_seq[conversation_id] = last - counts[conversation_id] + 1
+            # The session's copy of the row says what the database now holds.
+            set_committed_value(conversations[conversation_id], "last_seq", last)
+            set_committed_value(conversations[conversation_id], "last_message_at", now)
 
         messages: list[Message] = []
         rows: list[dict[str, Any]] = []  # the INSERT's values (not read back from the objects)
@@ -395,7 +392,7 @@ class Messages:
             )
         if not messages:
             return messages
-        await session.execute(insert(Message), rows)
+        await store.insert_messages(session, rows)
         for message, mentions in mentioned:
             await self._record_mentions(session, message, mentions)
         for message, item in zip(messages, ready, strict=True):
@@ -408,16 +405,14 @@ class Messages:
                 await self._follow(
                     session, root.id, root.sender_id, participant=True, only_new=True
                 )
-        for (conversation_id, user_id), seq in read_up_to.items():
-            await session.execute(
-                update(ConversationMember)
-                .where(
-                    ConversationMember.conversation_id == conversation_id,
-                    ConversationMember.user_id == user_id,
-                    ConversationMember.last_read_seq < seq,
-                )
-                .values(last_read_seq=seq)
-            )
+        await store.read_up_to(session, read_up_to)
+        for item in ready:  # the session's copies of the members' rows follow
+            member, sender_id = item.access.member, item.sender.id
+            if member is None or sender_id is None:
+                continue
+            read_seq = read_up_to.get((item.access.conversation.id, sender_id))
+            if read_seq is not None and member.last_read_seq < read_seq:
+                set_committed_value(member, "last_read_seq", read_seq)
         await emit_many(session, new_events)
         return messages
 
