@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 
 import orjson
 import pytest
@@ -140,6 +140,52 @@ async def test_transactional_consumer_sees_each_event_once(runtime: Runtime) -> 
     assert await eventually(processed) == 50
     await asyncio.sleep(0.3)  # further polls must not process anything again
     assert await processed() == 50
+
+
+class PickyLedger(LedgerConsumer):
+    """A transactional consumer that says which events it acts on."""
+
+    name = "picky"
+
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def wants(self, event: DispatchedEvent) -> bool:
+        return event.type == "x.wanted"
+
+    async def handle(self, session: AsyncSession, events: Sequence[DispatchedEvent]) -> None:
+        self.batches += 1
+        await super().handle(session, [e for e in events if self.wants(e)])
+
+
+async def test_batches_no_transactional_consumer_wants_are_marked_without_them(
+    runtime: Runtime,
+) -> None:
+    picky = PickyLedger()
+    runtime.dispatcher.add_transactional(picky)
+    async with runtime.db.transaction() as session:
+        await emit_many(session, [NewEvent("x.other", "s:picky", {"i": i}) for i in range(20)])
+
+    async def undispatched() -> int:
+        async with runtime.db.read() as session:
+            query = select(func.count()).select_from(Event).where(Event.dispatched_at.is_(None))
+            return int(await session.scalar(query) or 0)
+
+    async def processed() -> int:
+        async with runtime.db.read() as session:
+            return int(await session.scalar(select(func.count()).select_from(ProcessedEvent)) or 0)
+
+    await eventually(lambda: _equals(undispatched(), 0))
+    assert picky.batches == 0  # marked at the driver: the consumer was not asked
+    async with runtime.db.transaction() as session:
+        await emit(session, "x.wanted", stream_key="s:picky", payload={})
+    assert await eventually(processed) == 1
+    await eventually(lambda: _equals(undispatched(), 0))
+    assert picky.batches >= 1
+
+
+async def _equals(value: Awaitable[int], expected: int) -> bool:
+    return await value == expected
 
 
 async def test_one_leader_dispatches_and_a_standby_takes_over(

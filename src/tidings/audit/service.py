@@ -27,6 +27,9 @@ class AuditConsumer:
 
     name = "audit"
 
+    def wants(self, event: DispatchedEvent) -> bool:
+        return "audit" in event.payload
+
     async def handle(self, session: AsyncSession, events: Sequence[DispatchedEvent]) -> None:
         rows = [_row(event) for event in events if "audit" in event.payload]
         if not rows:

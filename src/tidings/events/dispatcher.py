@@ -38,6 +38,7 @@ import orjson
 from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tidings.db import sqlite_values as sv
 from tidings.db.base import UTCDateTime, utcnow
 from tidings.db.database import Database
 from tidings.db.leases import acquire_lease, release_lease
@@ -67,6 +68,15 @@ _PG_MARK = text(
     "WHERE position = ANY(CAST(:positions AS BIGINT[])) AND dispatched_at IS NULL "
     "RETURNING position"
 ).bindparams(bindparam("now", type_=UTCDateTime()))
+# The mark of a batch no transactional consumer wants: one statement, in autocommit.
+_PG_MARK_AT_DRIVER = (
+    "UPDATE events SET dispatched_at = $1 WHERE position = ANY($2::bigint[]) "
+    "AND dispatched_at IS NULL"
+)
+_SQLITE_MARK_AT_DRIVER = (
+    "UPDATE events SET dispatched_at = ? "
+    "WHERE position IN (SELECT value FROM json_each(?)) AND dispatched_at IS NULL"
+)
 _SQLITE_READ = (
     f"SELECT {_COLUMNS} FROM events WHERE dispatched_at IS NULL ORDER BY position LIMIT ?"
 )
@@ -149,11 +159,22 @@ class LiveConsumer(Protocol):
 
 
 class TransactionalConsumer(Protocol):
-    """Writes its effects in the transaction that marks the batch dispatched (exactly once)."""
+    """Writes its effects in the transaction that marks the batch dispatched (exactly once).
+
+    A consumer may also define `wants(event) -> bool`, true for every event its `handle` would
+    act on. A batch none of the consumers wants is marked with one statement at the driver,
+    without a session (most batches: messages, deliveries); without `wants`, a consumer gets
+    every batch.
+    """
 
     name: str
 
     async def handle(self, session: AsyncSession, events: Sequence[DispatchedEvent]) -> None: ...
+
+
+def _wanted_by(consumer: TransactionalConsumer, batch: Sequence[DispatchedEvent]) -> bool:
+    wants = getattr(consumer, "wants", None)
+    return wants is None or any(wants(event) for event in batch)
 
 
 class OutboxDispatcher:
@@ -336,6 +357,16 @@ class OutboxDispatcher:
 
     async def _mark(self, batch: list[DispatchedEvent]) -> None:
         positions = [event.position for event in batch]
+        consumers = [c for c in self._transactional if _wanted_by(c, batch)]
+        if not consumers:
+            async with self._db.driver_connection() as conn:
+                if self._db.dialect == "postgresql":
+                    await conn.execute(_PG_MARK_AT_DRIVER, utcnow(), positions)
+                else:
+                    await conn.execute_fetchall(
+                        _SQLITE_MARK_AT_DRIVER, (sv.to_time(utcnow()), json.dumps(positions))
+                    )
+            return
         async with self._db.transaction() as session:
             listed: list[int] | str
             if self._db.dialect == "postgresql":
@@ -349,5 +380,5 @@ class OutboxDispatcher:
                 batch if len(marked) == len(batch) else [e for e in batch if e.position in marked]
             )
             if fresh:
-                for consumer in self._transactional:
+                for consumer in consumers:
                     await consumer.handle(session, fresh)

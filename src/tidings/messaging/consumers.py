@@ -10,6 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tidings.events.dispatcher import DispatchedEvent
 from tidings.messaging.conversations import Conversations
 
+_MEMBERSHIP_TYPES = frozenset({"member.joined", "member.left", "member.removed"})
+
 
 class WorkspaceMembershipConsumer:
     """Joins new workspace members to the default conversations (`#general`) and takes people
@@ -19,6 +21,9 @@ class WorkspaceMembershipConsumer:
 
     def __init__(self, conversations: Conversations) -> None:
         self._conversations = conversations
+
+    def wants(self, event: DispatchedEvent) -> bool:
+        return event.type in _MEMBERSHIP_TYPES and "audit" in event.payload
 
     async def handle(self, session: AsyncSession, events: Sequence[DispatchedEvent]) -> None:
         for event in events:
