@@ -436,6 +436,7 @@ async def test_private_conversations_are_hidden_from_workspace_admins(
         for method, path in [
             ("GET", ""),
             ("GET", "/messages"),
+            ("POST", "/messages"),
             ("GET", f"/messages/{message}"),
             ("GET", "/members"),
             ("POST", "/join"),
@@ -443,10 +444,11 @@ async def test_private_conversations_are_hidden_from_workspace_admins(
             ("DELETE", f"/messages/{message}"),
             ("POST", "/archive"),
         ]:
+            bodies = {"/members": {"user_ids": [admin.id]}, "/messages": {"body": "let me in"}}
             response = await client.request(
                 method,
                 f"{C}/{conversation}{path}",
-                json={"user_ids": [admin.id]} if path == "/members" and method == "POST" else None,
+                json=bodies.get(path) if method == "POST" else None,
                 headers=admin.headers,
             )
             body_ = problem(response, 404, "conversation_not_found")

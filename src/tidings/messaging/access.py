@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -50,6 +51,49 @@ _API_KEY_SCOPES: dict[ConversationAction, frozenset[str]] = {
 }
 
 
+class ConversationFacts(Protocol):
+    """What the rules read of a conversation: an ORM row or a `ConversationRef`."""
+
+    @property
+    def workspace_id(self) -> uuid.UUID: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def created_by(self) -> uuid.UUID | None: ...
+
+
+class AccessFacts(Protocol):
+    """What the rules read of a caller's relation to a conversation."""
+
+    @property
+    def conversation(self) -> ConversationFacts: ...
+    @property
+    def workspace_role(self) -> Role | None: ...
+    @property
+    def is_member(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationRef:
+    """A conversation as a send sees it: plain values read at the driver, no ORM entity."""
+
+    id: uuid.UUID
+    workspace_id: uuid.UUID
+    kind: str
+    created_by: uuid.UUID | None
+    archived: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SendAccess:
+    """A sender's relation to a conversation (`messaging.store.load_send_access`)."""
+
+    conversation: ConversationRef
+    workspace_role: Role | None  # None for API keys and Tidings itself
+    is_member: bool
+    caller_name: str
+
+
 @dataclass(frozen=True)
 class ConversationAccess:
     conversation: Conversation
@@ -61,10 +105,6 @@ class ConversationAccess:
     @property
     def is_member(self) -> bool:
         return self.member is not None
-
-    @property
-    def is_workspace_manager(self) -> bool:
-        return self.workspace_role in _WORKSPACE_MANAGERS
 
 
 def may_read(kind: ConversationKind, role: Role | None, is_member: bool) -> bool:
@@ -85,11 +125,12 @@ def key_may_see(kind: ConversationKind) -> bool:
     return kind not in DM_KINDS
 
 
-def _user_may(action: ConversationAction, access: ConversationAccess, user_id: uuid.UUID) -> bool:
+def _user_may(action: ConversationAction, access: AccessFacts, user_id: uuid.UUID) -> bool:
     conversation = access.conversation
     kind = ConversationKind(conversation.kind)
     staff = kind is ConversationKind.SUPPORT and access.workspace_role in _SUPPORT_STAFF
-    owns = conversation.created_by == user_id or access.is_workspace_manager
+    manages = access.workspace_role in _WORKSPACE_MANAGERS
+    owns = conversation.created_by == user_id or manages
     match action:
         case ConversationAction.READ | ConversationAction.READ_MESSAGES:
             return True
@@ -104,16 +145,16 @@ def _user_may(action: ConversationAction, access: ConversationAccess, user_id: u
         case ConversationAction.ADD_MEMBERS:
             # Guests are invited in; they do not bring others.
             guest = access.workspace_role is Role.GUEST
-            return (access.is_member and not guest) or staff or access.is_workspace_manager
+            return (access.is_member and not guest) or staff or manages
         case ConversationAction.REMOVE_MEMBERS:
             return owns or staff
         case ConversationAction.MODERATE:
             # Others' messages are for workspace admins (and support staff) to delete; making a
             # channel or opening a DM does not make someone a moderator of the other people.
-            return access.is_workspace_manager or staff
+            return manages or staff
 
 
-def check(principal: Principal, access: ConversationAccess, action: ConversationAction) -> None:
+def check(principal: Principal, access: AccessFacts, action: ConversationAction) -> None:
     """Raise 404 if `principal` may not read the conversation, 403 if it may not do `action`."""
     conversation = access.conversation
     if isinstance(principal, ApiKeyPrincipal):

@@ -12,7 +12,6 @@ from typing import Any, Union
 
 from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm.attributes import set_committed_value
 
 from tidings.db.base import dialect_insert, new_id, utcnow
 from tidings.db.database import Database
@@ -25,6 +24,8 @@ from tidings.messaging import events, store
 from tidings.messaging.access import (
     ConversationAccess,
     ConversationAction,
+    ConversationRef,
+    SendAccess,
     authorize,
     check,
     conversation_not_found,
@@ -87,7 +88,7 @@ class Sent:
 class _Ready:
     """A send that passed every check: what `_insert` writes."""
 
-    access: ConversationAccess
+    access: SendAccess
     draft: Draft
     sender: Sender
     root: Message | None
@@ -231,7 +232,7 @@ class Messages:
         one for their events. Refusals are decided before anything is written, so they take no
         sequence and need no savepoint."""
         outcomes: list[Outcome | None] = [None] * len(batch)
-        accesses: dict[tuple[str, str, uuid.UUID], ConversationAccess | Problem] = {}
+        accesses: dict[tuple[str, str, uuid.UUID], SendAccess | Problem] = {}
         roots: dict[int, Message] = {}
         candidates: list[int] = []
         for index, pending in enumerate(batch):
@@ -240,19 +241,17 @@ class Messages:
                 try:
                     # The conversation's row lock first (sorted batch: one order everywhere), so
                     # the client_id check below sees what a concurrent sender committed.
-                    accesses[key] = await authorize(
-                        session,
-                        pending.principal,
-                        pending.conversation_id,
-                        ConversationAction.POST,
-                        lock=True,
+                    facts = await store.load_send_access(
+                        session, pending.principal, pending.conversation_id
                     )
+                    check(pending.principal, facts, ConversationAction.POST)
+                    accesses[key] = facts
                 except Problem as problem:
                     accesses[key] = problem
             access = accesses[key]
             if isinstance(access, Problem):
                 outcomes[index] = access
-            elif access.conversation.archived_at is not None:
+            elif access.conversation.archived:
                 outcomes[index] = Conflict(
                     "The conversation is archived.", code="conversation_archived"
                 )
@@ -303,7 +302,7 @@ class Messages:
             pending = batch[index]
             key = (pending.principal.kind, pending.principal.actor_id, pending.conversation_id)
             access = accesses[key]
-            assert isinstance(access, ConversationAccess)  # noqa: S101 - refusals left above
+            assert isinstance(access, SendAccess)  # noqa: S101 - refusals left above
             kind, sender_id = _sender(pending.principal)
             sender = Sender(kind, sender_id, access.caller_name)
             ready.append(_Ready(access, pending.draft, sender, roots.get(index)))
@@ -324,15 +323,11 @@ class Messages:
         for item in ready:
             counts[item.access.conversation.id] += 1
         next_seq: dict[uuid.UUID, int] = {}
-        conversations = {item.access.conversation.id: item.access.conversation for item in ready}
         for conversation_id in sorted(counts, key=lambda c: c.bytes):
             last = await store.advance_sequence(
                 session, conversation_id, counts[conversation_id], now
             )
             next_seq[conversation_id] = last - counts[conversation_id] + 1
-            # The session's copy of the row says what the database now holds.
-            set_committed_value(conversations[conversation_id], "last_seq", last)
-            set_committed_value(conversations[conversation_id], "last_message_at", now)
 
         messages: list[Message] = []
         rows: list[dict[str, Any]] = []  # the INSERT's values (not read back from the objects)
@@ -406,13 +401,6 @@ class Messages:
                     session, root.id, root.sender_id, participant=True, only_new=True
                 )
         await store.read_up_to(session, read_up_to)
-        for item in ready:  # the session's copies of the members' rows follow
-            member, sender_id = item.access.member, item.sender.id
-            if member is None or sender_id is None:
-                continue
-            read_seq = read_up_to.get((item.access.conversation.id, sender_id))
-            if read_seq is not None and member.last_read_seq < read_seq:
-                set_committed_value(member, "last_read_seq", read_seq)
         await emit_many(session, new_events)
         return messages
 
@@ -432,7 +420,14 @@ class Messages:
             conversation = await session.get(Conversation, conversation_id)
             if conversation is None:
                 raise conversation_not_found()
-            access = ConversationAccess(conversation, None, None, SYSTEM_SENDER_NAME)
+            facts = ConversationRef(
+                conversation.id,
+                conversation.workspace_id,
+                conversation.kind,
+                conversation.created_by,
+                conversation.archived_at is not None,
+            )
+            access = SendAccess(facts, None, False, SYSTEM_SENDER_NAME)
             sender = Sender(SenderKind.SYSTEM, None, SYSTEM_SENDER_NAME)
             [message] = await self._insert(session, [_Ready(access, Draft(body), sender, None)])
             return events.message_out(message)
