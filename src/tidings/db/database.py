@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -276,6 +278,27 @@ async def _run_after_commit(session: AsyncSession) -> None:
             _log.exception("after_commit_callback_failed")
 
 
+def _use_wal(cursor: Any, *, within_seconds: float = 5.0) -> None:
+    """Put the file in WAL mode unless it is already (the mode is stored in the file).
+
+    Even asking for the mode it already has needs the file to itself, and SQLite answers
+    "database is locked" at once there instead of waiting (no busy handler): processes opening
+    one file together failed that way. So: read first, and switch with a few retries, which
+    only a brand-new file needs."""
+    deadline = time.monotonic() + within_seconds
+    while True:
+        cursor.execute("PRAGMA journal_mode")
+        if str(cursor.fetchone()[0]).lower() == "wal":
+            return
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)  # on a file nobody has used yet: once, at first start
+
+
 def _sqlite_engine(
     url: URL, *, pool_size: int, immediate: bool, echo: bool, reset_on_return: bool = True
 ) -> AsyncEngine:
@@ -292,9 +315,9 @@ def _sqlite_engine(
         # Let SQLAlchemy (not the sqlite3 module) decide when transactions begin.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=10000")
+        _use_wal(cursor)
+        cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
