@@ -87,20 +87,28 @@ class DeliveryRunner:
         self._policy = policy
 
     async def run(self, context: JobContext, payload: dict[str, Any]) -> None:
-        fresh = context.local
-        if isinstance(fresh, MessageView) and context.attempt == 1:
-            await self._run_fresh(context, fresh)
-            return
-        message = await self._deliveries.start_attempt(uuid.UUID(payload["message_id"]))
+        message_id = uuid.UUID(payload["message_id"])
+        if context.attempt == 1:
+            # The job's first run. Handed over by the accept of this process, or claimed: the
+            # claim made cancelling impossible (`Deliveries.cancel` needs the job still queued)
+            # and only this job starts the message, so a message still queued and untried now
+            # is this run's to send, without waiting for its mark.
+            fresh = context.local
+            if not isinstance(fresh, MessageView):
+                fresh = await self._deliveries.untried(message_id)
+            if fresh is not None:
+                await self._run_fresh(context, fresh)
+                return
+        message = await self._deliveries.start_attempt(message_id)
         if message is None:
             return  # sent, final or cancelled already: never send twice
         await self._deliver(context, message)
 
     async def _run_fresh(self, context: JobContext, queued: MessageView) -> None:
-        """A message accepted by this process a moment ago, its job leased to this worker
-        since the INSERT: nothing else can have sent, finished or cancelled it, so it goes to
-        the provider at once, and the `sending` mark is written meanwhile (it must commit
-        before the outcome, which only touches messages that are `sending`)."""
+        """A message this run alone can start (see `run`): nothing else can have sent,
+        finished or cancelled it, so it goes to the provider at once, and the `sending` mark
+        is written meanwhile (it must commit before the outcome, which only touches messages
+        that are `sending`)."""
         message = replace(queued, status=MessageStatus.SENDING, attempts=queued.attempts + 1)
         marking = asyncio.create_task(self._deliveries.start_attempt(message.id))
         try:

@@ -616,6 +616,13 @@ class Deliveries:
         statement both checks and marks, so a delivery costs no separate read."""
         return await self._starts.submit(message_id)
 
+    async def untried(self, message_id: uuid.UUID) -> MessageView | None:
+        """The message as its first attempt sends it, if it is queued and was never tried; a
+        read (no write, no commit)."""
+        async with self._db.driver_connection() as conn:
+            row = await self._log.untried(conn, message_id)
+        return None if row is None else MessageView.of(row, MessageStatus.QUEUED)
+
     async def _start_many(self, ids: list[uuid.UUID]) -> list[MessageView | None]:
         async with self._db.driver_transaction() as conn:
             rows = await self._log.start(conn, list(set(ids)), utcnow())

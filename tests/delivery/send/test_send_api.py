@@ -290,7 +290,7 @@ async def test_a_batch_is_all_or_nothing(
 
 
 async def test_a_scheduled_send_waits_and_can_be_cancelled(
-    client: httpx.AsyncClient, team: Team, receiver: WebhookReceiver
+    client: httpx.AsyncClient, team: Team, receiver: WebhookReceiver, app: FastAPI
 ) -> None:
     await add_webhook(client, team, receiver)
     later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
@@ -311,6 +311,18 @@ async def test_a_scheduled_send_waits_and_can_be_cancelled(
     assert message["status"] == "sent"
     assert datetime.fromisoformat(message["sent_at"]) >= datetime.fromisoformat(soon)
     assert len(receiver.received) == 1
+    # Its job was claimed when due (not handed over at the accept): the first attempt sends
+    # at once and the `sending` mark, written meanwhile, still comes before the outcome.
+    assert message["attempts"] == 1
+    async with app.state.runtime.db.read() as session:
+        types = (
+            await session.scalars(
+                select(Event.type)
+                .where(Event.stream_key == f"outbound:{timed['id']}")
+                .order_by(Event.stream_seq)
+            )
+        ).all()
+    assert types == ["delivery.queued", "delivery.sending", "delivery.sent"]
 
 
 async def test_the_log_lists_with_filters_and_cursor(
