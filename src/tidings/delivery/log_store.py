@@ -104,8 +104,8 @@ class DeliveryLogStore(Protocol):
         rows, with their content."""
         ...
 
-    async def untried(self, conn: Any, message_id: uuid.UUID) -> MessageRow | None:
-        """The message with its content if it is queued and was never tried (a read)."""
+    async def untried(self, conn: Any, ids: Sequence[uuid.UUID]) -> list[MessageRow]:
+        """Messages among `ids` still queued and never tried, with their content (a read)."""
         ...
 
     async def add_attempts(self, conn: Any, attempts: Sequence[dict[str, Any]]) -> None:
@@ -131,7 +131,9 @@ _PG_START = (
     f"updated_at = $1 WHERE id = ANY($2::uuid[]) AND status IN {_STARTABLE} "
     f"RETURNING {_VIEW}, content"
 )
-_PG_UNTRIED = f"SELECT {_VIEW}, content FROM outbound_messages WHERE id = $1 AND {_UNTRIED}"
+_PG_UNTRIED = (
+    f"SELECT {_VIEW}, content FROM outbound_messages WHERE id = ANY($1::uuid[]) AND {_UNTRIED}"
+)
 _PG_ATTEMPTS = (
     f"INSERT INTO delivery_attempts ({_ATTEMPT_COLUMNS}) SELECT * FROM unnest($1::uuid[], "
     "$2::uuid[], $3::int[], $4::uuid[], $5::timestamptz[], $6::timestamptz[], $7::varchar[], "
@@ -178,9 +180,8 @@ class _PostgresStore:
     async def start(self, conn: Any, ids: Sequence[uuid.UUID], now: datetime) -> list[MessageRow]:
         return [MessageRow(*row) for row in await conn.fetch(_PG_START, now, list(ids))]
 
-    async def untried(self, conn: Any, message_id: uuid.UUID) -> MessageRow | None:
-        row = await conn.fetchrow(_PG_UNTRIED, message_id)
-        return None if row is None else MessageRow(*row)
+    async def untried(self, conn: Any, ids: Sequence[uuid.UUID]) -> list[MessageRow]:
+        return [MessageRow(*row) for row in await conn.fetch(_PG_UNTRIED, list(ids))]
 
     async def add_attempts(self, conn: Any, attempts: Sequence[dict[str, Any]]) -> None:
         if attempts:
@@ -209,7 +210,9 @@ _SQLITE_START = (
     f"updated_at = ? WHERE id IN {_SQLITE_IDS} AND status IN {_STARTABLE} "
     f"RETURNING {_VIEW}, content"
 )
-_SQLITE_UNTRIED = f"SELECT {_VIEW}, content FROM outbound_messages WHERE id = ? AND {_UNTRIED}"
+_SQLITE_UNTRIED = (
+    f"SELECT {_VIEW}, content FROM outbound_messages WHERE id IN {_SQLITE_IDS} AND {_UNTRIED}"
+)
 _SQLITE_SENDING = (
     f"SELECT {_VIEW} FROM outbound_messages WHERE id IN {_SQLITE_IDS} AND status = {_SENDING}"
 )
@@ -265,9 +268,9 @@ class _SqliteStore:
         rows = await conn.execute_fetchall(_SQLITE_START, (sv.to_time(now), sv.hex_array(ids)))
         return [_sqlite_row(row) for row in rows]
 
-    async def untried(self, conn: Any, message_id: uuid.UUID) -> MessageRow | None:
-        rows = await conn.execute_fetchall(_SQLITE_UNTRIED, (message_id.hex,))
-        return _sqlite_row(rows[0]) if rows else None
+    async def untried(self, conn: Any, ids: Sequence[uuid.UUID]) -> list[MessageRow]:
+        rows = await conn.execute_fetchall(_SQLITE_UNTRIED, (sv.hex_array(ids),))
+        return [_sqlite_row(row) for row in rows]
 
     async def add_attempts(self, conn: Any, attempts: Sequence[dict[str, Any]]) -> None:
         values = [

@@ -236,6 +236,7 @@ class Deliveries:
         # A delivery waits on its start (no linger); nobody waits on its outcome.
         self._log = log_store.store_for(db.dialect)
         self._starts = GroupCommit(self._start_many)
+        self._untried = GroupCommit(self._untried_many)  # one read for a crowd, as the starts
         self._finishes = GroupCommit(self._finish_many, linger_seconds=0.01)
 
     # -- accepting --------------------------------------------------------------------------
@@ -618,10 +619,14 @@ class Deliveries:
 
     async def untried(self, message_id: uuid.UUID) -> MessageView | None:
         """The message as its first attempt sends it, if it is queued and was never tried; a
-        read (no write, no commit)."""
+        read (no write, no commit), shared by concurrent first runs like the starts."""
+        return await self._untried.submit(message_id)
+
+    async def _untried_many(self, ids: list[uuid.UUID]) -> list[MessageView | None]:
         async with self._db.driver_connection() as conn:
-            row = await self._log.untried(conn, message_id)
-        return None if row is None else MessageView.of(row, MessageStatus.QUEUED)
+            rows = await self._log.untried(conn, list(set(ids)))
+        by_id = {row.id: MessageView.of(row, MessageStatus.QUEUED) for row in rows}
+        return [by_id.pop(message_id, None) for message_id in ids]  # a duplicate job: the first
 
     async def _start_many(self, ids: list[uuid.UUID]) -> list[MessageView | None]:
         async with self._db.driver_transaction() as conn:
