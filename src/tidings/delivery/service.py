@@ -231,9 +231,9 @@ class Deliveries:
         self._max_attempts = max_attempts
         self._idempotency_ttl_hours = idempotency_ttl_hours
         self._single_accepts = GroupCommit(self._accept_group, max_batch=64)
-        # The `sending` mark is written while the provider is called, and the outcome after
-        # it answered: neither holds up a provider call, so both wait 2 ms for company.
-        # A delivery waits on its start (no linger); nobody waits on its outcome.
+        # A retry waits on its start, a first run on its read (no linger for either; a first
+        # run's mark is written while the provider is called). Nobody waits on an outcome, so
+        # outcomes wait 10 ms for company.
         self._log = log_store.store_for(db.dialect)
         self._starts = GroupCommit(self._start_many)
         self._untried = GroupCommit(self._untried_many)  # one read for a crowd, as the starts
