@@ -8,13 +8,11 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import select
 
 from tests.delivery.providers.twilio import ACCOUNT_SID, AUTH_TOKEN, TwilioServer, signed_callback
 from tests.delivery.send.conftest import Team
-from tests.delivery.send.test_send_api import send, settled
+from tests.delivery.send.test_send_api import send, settled, stream_types
 from tests.support.messaging import problem
-from tidings.events.models import Event
 
 pytestmark = pytest.mark.anyio
 
@@ -96,14 +94,7 @@ async def test_a_signed_delivery_report_moves_the_message_to_delivered(
     assert again.json() == {"updated": 0}
     final = await settled(client, team, message["id"])
     assert final["status"] == "bounced"
-    async with app.state.runtime.db.read() as session:
-        types = (
-            await session.scalars(
-                select(Event.type)
-                .where(Event.stream_key == f"outbound:{message['id']}")
-                .order_by(Event.stream_seq)
-            )
-        ).all()
+    types = await stream_types(app, message["id"])
     assert types[-2:] == ["delivery.delivered", "delivery.bounced"]
 
 

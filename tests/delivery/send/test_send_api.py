@@ -53,6 +53,18 @@ async def settled(client: httpx.AsyncClient, team: Team, message_id: str) -> dic
     return result
 
 
+async def stream_types(app: FastAPI, message_id: str) -> list[str]:
+    """The types of a message's events, in order."""
+    async with app.state.runtime.db.read() as session:
+        return list(
+            await session.scalars(
+                select(Event.type)
+                .where(Event.stream_key == f"outbound:{message_id}")
+                .order_by(Event.stream_seq)
+            )
+        )
+
+
 async def test_a_send_is_accepted_then_delivered_signed_and_logged(
     client: httpx.AsyncClient, team: Team, receiver: WebhookReceiver, app: FastAPI
 ) -> None:
@@ -74,14 +86,7 @@ async def test_a_send_is_accepted_then_delivered_signed_and_logged(
     assert request.json()["content"] == {"text": "hello"}
     assert request.json()["metadata"] == {"order": 7}
 
-    async with app.state.runtime.db.read() as session:
-        types = (
-            await session.scalars(
-                select(Event.type)
-                .where(Event.stream_key == f"outbound:{accepted['id']}")
-                .order_by(Event.stream_seq)
-            )
-        ).all()
+    types = await stream_types(app, accepted["id"])
     assert types == ["delivery.queued", "delivery.sending", "delivery.sent"]
 
 
@@ -314,14 +319,7 @@ async def test_a_scheduled_send_waits_and_can_be_cancelled(
     # Its job was claimed when due (not handed over at the accept): the first attempt sends
     # at once and the `sending` mark, written meanwhile, still comes before the outcome.
     assert message["attempts"] == 1
-    async with app.state.runtime.db.read() as session:
-        types = (
-            await session.scalars(
-                select(Event.type)
-                .where(Event.stream_key == f"outbound:{timed['id']}")
-                .order_by(Event.stream_seq)
-            )
-        ).all()
+    types = await stream_types(app, timed["id"])
     assert types == ["delivery.queued", "delivery.sending", "delivery.sent"]
 
 
