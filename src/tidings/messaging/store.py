@@ -143,7 +143,7 @@ async def load_send_access(
             raise conversation_not_found()
         cid, workspace_id, kind, created_by, archived, role, is_member, name = rows[0]
         cid, workspace_id = uuid.UUID(hex=cid), uuid.UUID(hex=workspace_id)
-        created_by = uuid.UUID(hex=created_by) if created_by else None
+        created_by = sv.read_uuid(created_by)
     conversation = ConversationRef(cid, workspace_id, kind, created_by, bool(archived))
     return SendAccess(conversation, Role(role) if role else None, bool(is_member), name or "")
 
