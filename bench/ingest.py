@@ -73,7 +73,7 @@ def _env(deployment: Deployment, port: int, batch_size: int) -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def _server(deployment: Deployment, batch_size: int) -> AsyncIterator[str]:
+async def _server(deployment: Deployment, batch_size: int) -> AsyncIterator[tuple[str, int]]:
     with contextlib.closing(socket.socket()) as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -95,7 +95,7 @@ async def _server(deployment: Deployment, batch_size: int) -> AsyncIterator[str]
                     if (await http.get(f"{base}/healthz")).status_code == 200:
                         break
                 await asyncio.sleep(0.1)
-        yield base
+        yield base, process.pid
     finally:
         process.terminate()
         await asyncio.to_thread(process.wait, 30)
@@ -228,18 +228,28 @@ async def _fsync_ceiling(seconds: float) -> float:
 
 
 async def _measure(
-    stores: Stores, profile: str, batch_size: int, seconds: float
+    stores: Stores, profile: str, batch_size: int, seconds: float, *, spy: str | None = None
 ) -> dict[str, float]:
+    """One server, the HTTP then the socket run; `spy`: a py-spy binary recording the server
+    during each run (raw profiles beside the results, named by profile, batch size and path)."""
     deployment = await stores.fresh(profile)
-    async with _server(deployment, batch_size) as base:
+    async with _server(deployment, batch_size) as (base, pid):
         headers, channels = await _prepare(base)
         await machine.QUIET.wait()
-        http_rate = await _http_rate(base, headers, channels, seconds)
-        socket_rate = await _socket_rate(base, headers, channels, seconds)
-    return {"http": round(http_rate, 1), "socket": round(socket_rate, 1)}
+        rates: dict[str, float] = {}
+        for path, measure in (("http", _http_rate), ("socket", _socket_rate)):
+            name = f"ingest-{profile}-batch{batch_size}-{path}-{datetime.now(UTC):%H%M%S}"
+            spies = machine.start_profiles(spy, [(name, pid)], RESULTS_DIR)
+            try:
+                rates[path] = round(await measure(base, headers, channels, seconds), 1)
+            finally:
+                await machine.stop_profiles(spies)
+    return rates
 
 
-async def run(profiles: list[str], seconds: float, rounds: int) -> dict[str, Any]:
+async def run(
+    profiles: list[str], seconds: float, rounds: int, spy: str | None = None
+) -> dict[str, Any]:
     stores = Stores(new_run_tag())
     results: dict[str, Any] = {"senders": SENDERS, "seconds": seconds, "rounds": rounds}
     try:
@@ -248,8 +258,8 @@ async def run(profiles: list[str], seconds: float, rounds: int) -> dict[str, Any
             grouped: list[dict[str, float]] = []
             single: list[dict[str, float]] = []
             for _ in range(rounds):  # interleaved: A B A B
-                grouped.append(await _measure(stores, profile, 64, seconds))
-                single.append(await _measure(stores, profile, 1, seconds))
+                grouped.append(await _measure(stores, profile, 64, seconds, spy=spy))
+                single.append(await _measure(stores, profile, 1, seconds, spy=spy))
             entry: dict[str, Any] = {
                 "group_commit": _median(grouped),
                 "one_transaction_per_message": _median(single),
@@ -304,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profiles", default="embedded,scaled")
     parser.add_argument("--seconds", type=float)
     parser.add_argument("--rounds", type=int)
+    parser.add_argument(
+        "--py-spy", metavar="BIN", help="py-spy binary: profile the server during every run"
+    )
     args = parser.parse_args(argv)
     for name in [
         n for n in os.environ if n.startswith("TIDINGS_") and not n.startswith("TIDINGS_BENCH_")
@@ -314,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds or (1 if args.quick else 3)
     machine.QUIET.max_wait = 0 if args.quick else 10
     print(f"== Chat ingest: {SENDERS} concurrent senders, {seconds:g} s per run, {rounds} round(s)")
-    results = asyncio.run(run(profiles, seconds, rounds))
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    results = asyncio.run(run(profiles, seconds, rounds, args.py_spy))
     results["started_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     print(render(results))
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,9 @@ import asyncio
 import os
 import platform
 import resource
+import signal
 import sqlite3
+import subprocess
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -236,3 +238,27 @@ async def settle(seconds: float) -> None:
     if asked (``--quiet-wait``), wait for other processes on the machine to go idle."""
     await asyncio.sleep(seconds)
     await QUIET.wait()
+
+
+def start_profiles(
+    py_spy: str | None, targets: list[tuple[str, int]], out_dir: Path
+) -> list[subprocess.Popen[bytes]]:
+    """py-spy recording each `(name, pid)` to `out_dir/py-spy-<name>.txt` (raw, folded stacks)
+    until `stop_profiles`; nothing without a py-spy binary."""
+    if not py_spy:
+        return []
+    return [
+        subprocess.Popen(
+            [py_spy, "record", "--pid", str(pid), "--rate", "200", "--format", "raw",
+             "--nonblocking", "--output", str(out_dir / f"py-spy-{name}.txt")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name, pid in targets
+    ]  # fmt: skip
+
+
+async def stop_profiles(spies: list[subprocess.Popen[bytes]]) -> None:
+    for spy in spies:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        await asyncio.to_thread(spy.wait, 30)

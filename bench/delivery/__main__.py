@@ -30,7 +30,6 @@ import json
 import math
 import os
 import secrets
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -501,23 +500,12 @@ def _cpu(pids: list[int]) -> float:
 
 
 def _start_spies(params: Params, targets: list[tuple[str, int]]) -> list[subprocess.Popen[bytes]]:
-    if not params.py_spy or LOG_DIR is None:
+    if LOG_DIR is None:
         return []
-    return [
-        subprocess.Popen(
-            [params.py_spy, "record", "--pid", str(pid), "--rate", "200", "--format", "raw",
-             "--nonblocking", "--output", str(LOG_DIR / f"py-spy-{name}.txt")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for name, pid in targets
-    ]  # fmt: skip
+    return machine.start_profiles(params.py_spy, targets, LOG_DIR)
 
 
-async def _stop_spies(spies: list[subprocess.Popen[bytes]]) -> None:
-    for spy in spies:
-        spy.send_signal(signal.SIGINT)
-        await asyncio.to_thread(spy.wait, 30)
+_stop_spies = machine.stop_profiles
 
 
 def _without_ours(cpu: dict[str, float], *ours: float) -> dict[str, float]:
