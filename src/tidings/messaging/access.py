@@ -83,6 +83,17 @@ class ConversationRef:
     created_by: uuid.UUID | None
     archived: bool
 
+    @classmethod
+    def of(cls, conversation: Conversation) -> ConversationRef:
+        """The same facts from an ORM row the session already holds."""
+        return cls(
+            conversation.id,
+            conversation.workspace_id,
+            conversation.kind,
+            conversation.created_by,
+            conversation.archived_at is not None,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class SendAccess:

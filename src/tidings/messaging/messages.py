@@ -420,14 +420,7 @@ class Messages:
             conversation = await session.get(Conversation, conversation_id)
             if conversation is None:
                 raise conversation_not_found()
-            facts = ConversationRef(
-                conversation.id,
-                conversation.workspace_id,
-                conversation.kind,
-                conversation.created_by,
-                conversation.archived_at is not None,
-            )
-            access = SendAccess(facts, None, False, SYSTEM_SENDER_NAME)
+            access = SendAccess(ConversationRef.of(conversation), None, False, SYSTEM_SENDER_NAME)
             sender = Sender(SenderKind.SYSTEM, None, SYSTEM_SENDER_NAME)
             [message] = await self._insert(session, [_Ready(access, Draft(body), sender, None)])
             return events.message_out(message)
