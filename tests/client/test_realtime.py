@@ -230,13 +230,19 @@ async def test_a_gap_on_a_live_connection_is_repaired(live: LiveServer, sdk: Sdk
     """Events lost between processes (the backplane is at-most-once) are asked for again."""
     t = await team(sdk)
     stream = f"conversation:{t.general.id}"
-    async with consuming(t.bob.client, gap_timeout=0.2) as (bob, seen):
+    async with (
+        consuming(t.ada.client) as (_, ada_seen),
+        consuming(t.bob.client, gap_timeout=0.2) as (bob, seen),
+    ):
         await t.ada.client.send_message(t.general.id, "before")
         await seen.wait_for(Event, has_body("before"))
         hub = live.runtime.realtime.hub
         [connection] = hub.by_user[t.bob.user.id]
         hub.leave(connection, stream)  # what a lost backplane message looks like to Bob
         lost = [await t.ada.client.send_message(t.general.id, f"lost {i}") for i in range(2)]
+        # A send's answer comes at its COMMIT; the fan-out follows (through Redis when scaled).
+        # Ada, in the same room, got the last one: the fan-out Bob missed is over.
+        await ada_seen.wait_for(Event, has_body("lost 1"))
         hub.join(connection, stream)
         await t.ada.client.send_message(t.general.id, "after")
         await seen.wait_for(Event, has_body("after"))
