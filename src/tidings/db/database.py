@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 import time
 import uuid
@@ -28,11 +29,14 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from tidings.db.sqlite_inline import connect_inline
 from tidings.infra.logging import get_logger
 
 AfterCommit = Callable[[], Awaitable[None] | None]
 _AFTER_COMMIT_KEY = "tidings.after_commit"
 _HOOKS_KEY = "tidings.hooks"
+# How long a SQLite connection waits for another process's write lock.
+BUSY_TIMEOUT_MS = 10_000
 
 
 @dataclass
@@ -40,6 +44,9 @@ class CommitHooks:
     """Wake-ups wired by the runtime; services reach them through `hooks_of(session)`."""
 
     events_committed: Callable[[], None] | None = None
+    # Embedded (SQLite): a transaction's committed events as stored, in the outbox read's
+    # columns, for this process's dispatcher to hand out without reading them back.
+    events_stored: Callable[[list[tuple[Any, ...]]], Awaitable[None]] | None = None
     jobs_committed: Callable[[list[uuid.UUID]], Awaitable[None]] | None = None
     # This process's job worker, when it runs one: jobs queued here can start here at once.
     local_worker: LocalWorker | None = None
@@ -96,7 +103,9 @@ class Database:
         if self.is_sqlite:
             # One writer connection plus an in-process lock: SQLite allows one writer at a time,
             # and queueing writers here avoids SQLITE_BUSY back-off sleeps. Readers use WAL.
-            self.write_engine = _sqlite_engine(self.url, pool_size=1, immediate=True, echo=echo)
+            self.write_engine = _sqlite_engine(
+                self.url, pool_size=1, immediate=True, echo=echo, inline=True
+            )
             self.read_engine = _sqlite_engine(
                 self.url, pool_size=pool_size, immediate=False, echo=echo
             )
@@ -119,7 +128,7 @@ class Database:
         if self.is_sqlite:
             # A second writer connection, serialized with the first by the same write lock.
             self._driver_engine = _sqlite_engine(
-                self.url, pool_size=1, immediate=True, echo=echo, reset_on_return=False
+                self.url, pool_size=1, immediate=True, echo=echo, reset_on_return=False, inline=True
             )
         else:
             self._driver_engine = create_async_engine(
@@ -216,7 +225,10 @@ class Database:
                 if is_closed is not None and is_closed():
                     raw.invalidate()
                     # Its siblings most likely died with it: start over with a fresh pool.
-                    await self._driver_engine.dispose(close=False)
+                    # Closed, not dropped: a sibling that is still alive (opened after the
+                    # restart) would otherwise stay connected until the garbage collector
+                    # found it, and asyncpg cannot close a connection from there.
+                    await self._driver_engine.dispose()
                 raise
 
     @asynccontextmanager
@@ -300,14 +312,28 @@ def _use_wal(cursor: Any, *, within_seconds: float = 5.0) -> None:
 
 
 def _sqlite_engine(
-    url: URL, *, pool_size: int, immediate: bool, echo: bool, reset_on_return: bool = True
+    url: URL,
+    *,
+    pool_size: int,
+    immediate: bool,
+    echo: bool,
+    reset_on_return: bool = True,
+    inline: bool = False,
 ) -> AsyncEngine:
+    """`inline`: the writers, whose calls run on the loop's thread (`db/sqlite_inline.py`)."""
+    extra: dict[str, Any] = {}
+    if inline:
+        path = url.database or ":memory:"
+        extra["async_creator"] = functools.partial(
+            connect_inline, path, wait_seconds=BUSY_TIMEOUT_MS / 1000
+        )
     engine = create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=0,
         pool_reset_on_return="rollback" if reset_on_return else None,
         echo=echo,
+        **extra,
     )
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -315,7 +341,8 @@ def _sqlite_engine(
         # Let SQLAlchemy (not the sqlite3 module) decide when transactions begin.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA busy_timeout=10000")
+        # Inline: SQLite must answer "busy" at once, and the call then waits on a thread.
+        cursor.execute(f"PRAGMA busy_timeout={0 if inline else BUSY_TIMEOUT_MS}")
         _use_wal(cursor)
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
