@@ -12,7 +12,7 @@ import importlib
 import os
 import socket
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
 import redis.asyncio as aioredis
 
@@ -138,6 +138,8 @@ class Runtime:
                 node_id=self.node_id,
             )
         self.db.hooks.events_committed = self._on_events_committed
+        if self.db.is_sqlite:
+            self.db.hooks.events_stored = self._on_events_stored
         self.db.hooks.jobs_committed = self.transport.publish
         self._poke_pending = False
         self._background: set[asyncio.Task[None]] = set()
@@ -185,13 +187,18 @@ class Runtime:
 
     def _on_events_committed(self) -> None:
         self.dispatcher.poke()
-        if self.redis is None or self._poke_pending:
+        if self.redis is None or self._poke_pending or self.dispatcher.is_leader:
             return
-        # Another process may hold the dispatcher lease: wake it too, one message per burst.
+        # Another process holds the dispatcher lease: wake it too, one message per burst (a
+        # standby ignores pokes, so when this process leads nobody else needs one).
         self._poke_pending = True
         task = asyncio.create_task(self._poke_cluster())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def _on_events_stored(self, rows: list[tuple[Any, ...]]) -> None:
+        if not await self.dispatcher.take(rows):
+            self._on_events_committed()
 
     async def _poke_cluster(self) -> None:
         self._poke_pending = False

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 import tidings.events.dispatcher as dispatcher_module
 import tidings.events.store as event_store
+import tidings.runtime as runtime_module
 from tests.support.helpers import CollectingConsumer, eventually
 from tidings.events.dispatcher import DispatchedEvent, OutboxDispatcher
 from tidings.events.models import Event, EventStream
@@ -100,6 +101,7 @@ async def test_a_poke_wakes_the_leader_without_waiting_for_the_poll(runtime: Run
     collector = CollectingConsumer()
     dispatcher.add_live(collector)
     runtime.db.hooks.events_committed = dispatcher.poke
+    runtime.db.hooks.events_stored = None  # the wake-up, not the hand-over (see test_outbox)
     dispatcher.start()
     try:
         await eventually(lambda: _is_leader(dispatcher))
@@ -193,3 +195,40 @@ async def _is_leader(dispatcher: OutboxDispatcher) -> bool:
 
 async def _has(collector: CollectingConsumer, count: int) -> bool:
     return len(collector.unique()) >= count
+
+
+@pytest.mark.profiles("scaled")
+async def test_only_a_process_that_does_not_lead_pokes_the_cluster(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Polls far apart: what reaches the leader quickly came through a poke.
+    slow = settings.model_copy(update={"outbox_poll_interval_seconds": 60.0})
+    leader, other = Runtime(slow, role="serve"), Runtime(slow, role="serve")
+    await leader.start()
+    await eventually(lambda: _is_leader(leader.dispatcher))
+    await other.start()
+    published: dict[str, int] = {"leader": 0, "other": 0}
+    for name, runtime in (("leader", leader), ("other", other)):
+        publish = runtime.backplane.publish
+
+        async def counting(channel: str, data: bytes, _p: Any = publish, _n: str = name) -> None:
+            published[_n] += channel == runtime_module.OUTBOX_POKE_CHANNEL
+            await _p(channel, data)
+
+        monkeypatch.setattr(runtime.backplane, "publish", counting)
+    collector = CollectingConsumer()
+    leader.dispatcher.add_live(collector)
+    try:
+        assert not other.dispatcher.is_leader
+        for index in range(5):
+            async with leader.db.transaction() as session:
+                await emit(session, "from.leader", stream_key="s:lead", payload={"i": index})
+            await eventually(lambda n=index + 1: _has(collector, n), within=5)
+        assert published["leader"] == 0
+        async with other.db.transaction() as session:
+            await emit(session, "from.other", stream_key="s:lead", payload={})
+        await eventually(lambda: _has(collector, 6), within=5)
+        assert published["other"] == 1
+    finally:
+        await other.stop()
+        await leader.stop()

@@ -234,3 +234,123 @@ async def test_scaled_events_are_appended_to_the_redis_stream(
         await client.aclose()
     assert fields[b"id"].decode() == str(event.id)
     assert orjson.loads(fields[b"data"])["payload"] == {"k": "v"}
+
+
+# -- embedded: committed events handed to the dispatcher without reading them back -------------
+
+
+class _CountingReads:
+    def __init__(self, dispatcher: OutboxDispatcher, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.reads = 0
+        read = dispatcher._read
+
+        async def counting() -> list[DispatchedEvent]:
+            self.reads += 1
+            return await read()
+
+        monkeypatch.setattr(dispatcher, "_read", counting)
+
+
+async def _drained(runtime: Runtime, collector: CollectingConsumer) -> None:
+    """One event through a read, which tells the dispatcher where the outbox ends."""
+    async with runtime.db.transaction() as session:
+        await emit(session, "warm.up", stream_key="s:warm", payload={})
+    await eventually(lambda: _ready(collector, 1))
+    await eventually(lambda: _has_next_position(runtime.dispatcher))
+
+
+async def _has_next_position(dispatcher: OutboxDispatcher) -> bool:
+    return dispatcher._next_position is not None
+
+
+async def _undispatched(runtime: Runtime) -> int:
+    async with runtime.db.read() as session:
+        query = select(func.count()).select_from(Event).where(Event.dispatched_at.is_(None))
+        return int(await session.scalar(query) or 0)
+
+
+@pytest.mark.profiles("embedded")
+async def test_committed_events_are_handed_out_without_a_read(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    collector = CollectingConsumer()
+    runtime.dispatcher.add_live(collector)
+    await eventually(lambda: _is_leader(runtime.dispatcher))
+    await _drained(runtime, collector)
+    counter = _CountingReads(runtime.dispatcher, monkeypatch)
+    for index in range(20):
+        async with runtime.db.transaction() as session:
+            await emit_many(
+                session,
+                [
+                    NewEvent("thing.made", "s:take", {"i": index, "id": uuid.uuid4()}),
+                    NewEvent("thing.made", f"s:other:{index % 3}", {"i": index}),
+                ],
+            )
+        # Handed out before the transaction's block returns: no poll, no wake-up.
+        assert len(collector.unique()) == 1 + 2 * (index + 1)
+    assert counter.reads == 0
+    taken = collector.unique()[1:]
+    assert [e.payload["i"] for e in taken if e.stream_key == "s:take"] == list(range(20))
+    assert [e.stream_seq for e in taken if e.stream_key == "s:take"] == list(range(1, 21))
+    positions = [e.position for e in taken]
+    assert positions == sorted(positions)
+    assert len(set(positions)) == 40
+    # Exactly what a read of the outbox gives: the same types, the JSON as stored.
+    async with runtime.db.read() as session:
+        stored = {row.id: row for row in await session.scalars(select(Event))}
+    for event in taken:
+        row = stored[event.id]
+        assert (event.position, event.stream_key, event.stream_seq) == (
+            row.position,
+            row.stream_key,
+            row.stream_seq,
+        )
+        assert event.payload == row.payload
+        assert event.occurred_at == row.occurred_at
+    assert isinstance(taken[0].payload["id"], str)
+    await eventually(lambda: _equals(_undispatched(runtime), 0))  # marked as usual
+
+
+@pytest.mark.profiles("embedded")
+async def test_events_of_a_rolled_back_savepoint_are_never_handed_out(
+    runtime: Runtime,
+) -> None:
+    collector = CollectingConsumer()
+    runtime.dispatcher.add_live(collector)
+    await eventually(lambda: _is_leader(runtime.dispatcher))
+    await _drained(runtime, collector)
+    async with runtime.db.transaction() as session:
+        await emit(session, "kept.before", stream_key="s:nested", payload={})
+        with pytest.raises(RuntimeError):
+            async with session.begin_nested():
+                await emit(session, "rolled.back", stream_key="s:nested", payload={})
+                raise RuntimeError("this send fails alone")
+    async with runtime.db.transaction() as session:
+        # Takes the position the rolled-back event had.
+        await emit(session, "kept.after", stream_key="s:nested", payload={})
+    await eventually(lambda: _ready(collector, 3))
+    await asyncio.sleep(0.2)
+    assert [e.type for e in collector.unique()[1:]] == ["kept.before", "kept.after"]
+    assert [e.stream_seq for e in collector.unique()[1:]] == [1, 2]
+
+
+@pytest.mark.profiles("embedded")
+async def test_events_behind_another_writers_are_read_in_order(runtime: Runtime) -> None:
+    """Events another process committed (here: a transaction that does not hand over) come
+    before this process's next ones: the hand-over sees the gap and the read keeps the order."""
+    collector = CollectingConsumer()
+    runtime.dispatcher.add_live(collector)
+    await eventually(lambda: _is_leader(runtime.dispatcher))
+    await _drained(runtime, collector)
+    take = runtime.db.hooks.events_stored
+    runtime.db.hooks.events_stored = None
+    runtime.db.hooks.events_committed = None  # another process: no wake-up here
+    async with runtime.db.transaction() as session:
+        await emit(session, "from.elsewhere", stream_key="s:gap", payload={})
+    runtime.db.hooks.events_stored = take
+    runtime.db.hooks.events_committed = runtime._on_events_committed
+    async with runtime.db.transaction() as session:
+        await emit(session, "from.here", stream_key="s:gap", payload={})
+    await eventually(lambda: _ready(collector, 3), within=5)
+    assert [e.type for e in collector.unique()[1:]] == ["from.elsewhere", "from.here"]

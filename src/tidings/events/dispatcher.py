@@ -207,6 +207,11 @@ class OutboxDispatcher:
         self._marked: list[int] = []
         self._marks: asyncio.Queue[list[DispatchedEvent]] = asyncio.Queue()
         self._marker: asyncio.Task[None] | None = None
+        # Reads and `take` hand batches out one at a time, in position order.
+        self._handing = asyncio.Lock()
+        # SQLite: the position the next committed event gets when every committed event before
+        # it has been handed out (None: unknown until a read drains the outbox).
+        self._next_position: int | None = None
 
     def add_live(self, consumer: LiveConsumer) -> None:
         self._live.append(consumer)
@@ -293,14 +298,56 @@ class OutboxDispatcher:
         self._wakeup.clear()
         if len(self._inflight) >= MAX_INFLIGHT_BATCHES * self._batch_size:
             await self._marks.join()  # back-pressure: the marker is behind
+        async with self._handing:
+            self._forget_marked()
+            batch = await self._read()
+            if len(batch) == self._batch_size:
+                self._next_position = None
+            elif batch:  # drained: every committed event is handed out (one writer at a time)
+                self._next_position = batch[-1].position + 1
+            if not batch:
+                if not self._inflight:
+                    metrics.OUTBOX_LAG.set(0)
+                return 0
+            await self._hand_out(batch)
+        return len(batch)
+
+    async def take(self, rows: Sequence[Sequence[Any]]) -> bool:
+        """Hand out the events of a transaction this process has just committed on SQLite, from
+        the rows it wrote (`rows`: as the outbox read returns them, by position), without
+        reading them back: the commit-to-subscriber path loses a read and a wake-up.
+
+        True when they are handed out, here or by a read before; False when only a read keeps
+        the order (a gap before them: another writer's events, a read not yet drained), and
+        then the caller wakes the dispatcher. Only on SQLite, whose one writer at a time gives
+        positions in commit order; on PostgreSQL a lower position may still commit later.
+        """
+        if not rows or not self.is_leader or self._stopping.is_set() or not self._db.is_sqlite:
+            return False
+        async with self._handing:
+            first, last = rows[0][1], rows[-1][1]
+            if first != self._next_position or last - first + 1 != len(rows):
+                return all(row[1] in self._inflight for row in rows)
+            if len(self._inflight) >= MAX_INFLIGHT_BATCHES * self._batch_size:
+                return False  # the marker is behind: the dispatcher waits for it, not the writer
+            self._forget_marked()
+            try:
+                await self._hand_out([_sqlite_event(row) for row in rows])
+            except Exception:
+                _log.exception("outbox_take_failed", events=len(rows))
+                self._next_position = None
+                return False
+            self._next_position = last + 1
+        return True
+
+    def _forget_marked(self) -> None:
+        # Only between hand-outs (the lock held): a read that began before a mark committed
+        # must still see those positions as in flight.
         if self._marked:
             self._inflight.difference_update(self._marked)
             self._marked.clear()
-        batch = await self._read()
-        if not batch:
-            if not self._inflight:
-                metrics.OUTBOX_LAG.set(0)
-            return 0
+
+    async def _hand_out(self, batch: list[DispatchedEvent]) -> None:
         now = time.time()
         metrics.OUTBOX_LAG.set(max(0.0, now - batch[0].occurred_at.timestamp()))
         for consumer in self._live:
@@ -312,7 +359,6 @@ class OutboxDispatcher:
         metrics.OUTBOX_DISPATCHED.inc(len(batch))
         self._inflight.update([event.position for event in batch])
         self._marks.put_nowait(batch)
-        return len(batch)
 
     async def _read(self) -> list[DispatchedEvent]:
         inflight = self._inflight

@@ -10,6 +10,7 @@ after its COMMIT (`Database.hooks.events_committed`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tidings.db import sqlite_values as sv
 from tidings.db.base import utcnow
-from tidings.db.database import after_commit, driver_of, hooks_of
+from tidings.db.database import CommitHooks, after_commit, driver_of, hooks_of
 from tidings.events.service import (
     PG_ADVANCE_SQL,
     SQLITE_ADVANCE_SQL,
@@ -35,10 +36,21 @@ _PG_INSERT = (
     "$3::uuid[], $4::varchar[], $5::bigint[], $6::jsonb[], $7::timestamptz[])"
 )
 _SQLITE_ADVANCE = SQLITE_ADVANCE_SQL.format(streams="?")
+_WAKE_KEY = "events_committed"
+_STORED_KEY = "tidings.events_stored"
 
 
-async def emit_many(conn: Any, dialect: str, new_events: Sequence[NewEvent]) -> list[WrittenEvent]:
-    """Write `new_events` in the transaction open on `conn` (asyncpg or aiosqlite)."""
+async def emit_many(
+    conn: Any,
+    dialect: str,
+    new_events: Sequence[NewEvent],
+    *,
+    stored: list[tuple[Any, ...]] | None = None,
+) -> list[WrittenEvent]:
+    """Write `new_events` in the transaction open on `conn` (asyncpg or aiosqlite).
+
+    `stored` (SQLite): receives the rows as written, with their positions, in the columns and
+    order of the dispatcher's outbox read (`OutboxDispatcher.take`)."""
     counts = stream_counts(new_events)
     if not counts:
         return []
@@ -60,22 +72,28 @@ async def emit_many(conn: Any, dialect: str, new_events: Sequence[NewEvent]) -> 
     streams = sv.json_text({key: counts[key] for key in ordered})
     rows = await conn.execute_fetchall(_SQLITE_ADVANCE, (streams,))
     events = sequenced(new_events, counts, {key: int(seq) for key, seq in rows}, utcnow())
-    await sv.insert_rows(
-        conn,
-        "events",
-        _COLUMN_NAMES,
-        [
-            (
-                e.id.hex,
-                e.type,
-                sv.to_uuid(e.workspace_id),
-                e.stream_key,
-                e.stream_seq,
-                sv.json_text(e.payload),
-                sv.to_time(e.occurred_at),
-            )
-            for e in events
-        ],
+    rows = [
+        (
+            e.id.hex,
+            e.type,
+            sv.to_uuid(e.workspace_id),
+            e.stream_key,
+            e.stream_seq,
+            sv.json_text(e.payload),
+            sv.to_time(e.occurred_at),
+        )
+        for e in events
+    ]
+    if stored is None:
+        await sv.insert_rows(conn, "events", _COLUMN_NAMES, rows)
+        return events
+    # RETURNING's row order is unspecified: positions are matched by id.
+    returned = await sv.insert_rows(
+        conn, "events", _COLUMN_NAMES, rows, tail="RETURNING id, position"
+    )
+    positions: dict[str, int] = dict(returned)
+    stored += sorted(
+        ((row[0], positions[row[0]], *row[1:]) for row in rows), key=lambda row: row[1]
     )
     return events
 
@@ -86,8 +104,26 @@ async def emit_many_in(session: AsyncSession, new_events: Sequence[NewEvent]) ->
     if not new_events:
         return []
     conn = await driver_of(session)
-    events = await emit_many(conn, session.get_bind().dialect.name, new_events)
-    wake = hooks_of(session).events_committed
-    if wake is not None:
-        after_commit(session, wake, key="events_committed")
+    hooks = hooks_of(session)
+    stored = _stored_rows(session, hooks)
+    events = await emit_many(conn, session.get_bind().dialect.name, new_events, stored=stored)
+    if stored is not None and hooks.events_stored is not None:
+        after_commit(session, functools.partial(hooks.events_stored, stored), key=_WAKE_KEY)
+    elif hooks.events_committed is not None:
+        after_commit(session, hooks.events_committed, key=_WAKE_KEY)
     return events
+
+
+def _stored_rows(session: AsyncSession, hooks: CommitHooks) -> list[tuple[Any, ...]] | None:
+    """The list collecting this transaction's stored events for the dispatcher, or None when
+    it must read them instead: no taker, or events written in a savepoint (a rolled-back one
+    would hand out events that do not exist; the whole transaction then wakes the reader)."""
+    if hooks.events_stored is None:
+        return None
+    if session.in_nested_transaction():
+        session.info[_STORED_KEY] = None
+        return None
+    if _STORED_KEY not in session.info:
+        session.info[_STORED_KEY] = []
+    rows: list[tuple[Any, ...]] | None = session.info[_STORED_KEY]
+    return rows
