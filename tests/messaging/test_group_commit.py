@@ -12,8 +12,8 @@ from fastapi import FastAPI
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 
-from tests.support.users import create_workspace, register
-from tidings.messaging.models import Message
+from tests.support.users import add_member, create_api_key, create_workspace, register
+from tidings.messaging.models import ConversationMember, Message
 
 
 def _batches() -> tuple[float, float]:
@@ -102,3 +102,75 @@ async def test_concurrent_sends_share_transactions_and_fail_alone(
     # 52 sends went through fewer transactions than sends: at least one batch held several.
     assert total_after - total_before == 52
     assert count_after - count_before < 52
+
+
+async def test_a_batch_of_many_senders_checks_each_and_moves_each_read_position(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """Senders of one batch are checked together (one statement): each gets its own answer,
+    and each member's read position moves to its own last message."""
+    owner = await register(client)
+    workspace = await create_workspace(client, owner)
+    members = [await add_member(client, owner, workspace, "member") for _ in range(4)]
+    outsider = await register(client)
+    key = {
+        "Authorization": f"Bearer {await create_api_key(client, owner, workspace, ['messages:send'])}"
+    }
+
+    async def channel(kind: str, name: str) -> str:
+        response = await client.post(
+            f"/api/v1/workspaces/{workspace}/conversations",
+            json={"kind": kind, "name": name},
+            headers=owner.headers,
+        )
+        assert response.status_code == 201, response.text
+        conversation_id: str = response.json()["id"]
+        return conversation_id
+
+    team, secret = await channel("public", "team"), await channel("private", "secret")
+    for member in members:
+        joined = await client.post(f"/api/v1/conversations/{team}/join", headers=member.headers)
+        assert joined.status_code == 200, joined.text
+
+    def send(conversation: str, headers: dict[str, str], body: str) -> Any:
+        return client.post(
+            f"/api/v1/conversations/{conversation}/messages", json={"body": body}, headers=headers
+        )
+
+    count_before, total_before = _batches()
+    requests = [
+        send(team, m.headers, f"{n} from {i}") for n in range(3) for i, m in enumerate(members)
+    ]
+    requests += [
+        send(team, outsider.headers, "not in this workspace"),
+        send(secret, members[0].headers, "not in this channel"),
+        send(team, key, "from the key"),
+        send(secret, owner.headers, "owner only"),
+    ]
+    responses = await asyncio.gather(*requests)
+    assert [r.status_code for r in responses[:12]] == [201] * 12
+    assert [r.status_code for r in responses[12:14]] == [404, 404]
+    assert {r.json()["code"] for r in responses[12:14]} == {"conversation_not_found"}
+    assert responses[14].status_code == 201
+    assert responses[14].json()["sender_name"] == "ci"
+    assert responses[15].status_code == 201
+    count_after, total_after = _batches()
+    assert total_after - total_before == 16
+    assert count_after - count_before < 16  # several senders shared a batch
+
+    own_last = {
+        m.id: max(r.json()["seq"] for r in responses[i:12:4]) for i, m in enumerate(members)
+    }
+    async with app.state.runtime.db.read() as session:
+        positions = dict(
+            (
+                await session.execute(
+                    select(ConversationMember.user_id, ConversationMember.last_read_seq).where(
+                        ConversationMember.conversation_id == uuid.UUID(team)
+                    )
+                )
+            ).all()
+        )
+    for user_id, seq in own_last.items():
+        assert positions[uuid.UUID(user_id)] == seq
+    assert sorted(r.json()["seq"] for r in [*responses[:12], responses[14]]) == list(range(1, 14))

@@ -232,22 +232,29 @@ class Messages:
         one for their events. Refusals are decided before anything is written, so they take no
         sequence and need no savepoint."""
         outcomes: list[Outcome | None] = [None] * len(batch)
+        # Each sender's facts for each conversation, read together. On PostgreSQL the
+        # conversations' rows are locked first (in id order, as everywhere), so the client_id
+        # check below sees what a concurrent sender committed.
+        pairs: dict[tuple[str, str, uuid.UUID], Principal] = {}
+        for pending in batch:
+            key = (pending.principal.kind, pending.principal.actor_id, pending.conversation_id)
+            pairs.setdefault(key, pending.principal)
+        loaded = await store.load_send_accesses(
+            session, [(principal, key[2]) for key, principal in pairs.items()]
+        )
         accesses: dict[tuple[str, str, uuid.UUID], SendAccess | Problem] = {}
+        for (key, principal), facts in zip(pairs.items(), loaded, strict=True):
+            try:
+                if facts is None:
+                    raise conversation_not_found()
+                check(principal, facts, ConversationAction.POST)
+                accesses[key] = facts
+            except Problem as problem:
+                accesses[key] = problem
         roots: dict[int, Message] = {}
         candidates: list[int] = []
         for index, pending in enumerate(batch):
             key = (pending.principal.kind, pending.principal.actor_id, pending.conversation_id)
-            if key not in accesses:
-                try:
-                    # The conversation's row lock first (sorted batch: one order everywhere), so
-                    # the client_id check below sees what a concurrent sender committed.
-                    facts = await store.load_send_access(
-                        session, pending.principal, pending.conversation_id
-                    )
-                    check(pending.principal, facts, ConversationAction.POST)
-                    accesses[key] = facts
-                except Problem as problem:
-                    accesses[key] = problem
             access = accesses[key]
             if isinstance(access, Problem):
                 outcomes[index] = access

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tidings.db import sqlite_values as sv
 from tidings.db.database import driver_of
+from tidings.http.problems import NotFound
 from tidings.identity.policy import Principal, UserPrincipal
 from tidings.identity.roles import Role
 from tidings.messaging.access import ConversationRef, SendAccess, conversation_not_found
@@ -78,18 +79,23 @@ _PG_READ_UP_TO = (
     "UPDATE conversation_members SET last_read_seq = $3 "
     "WHERE conversation_id = $1 AND user_id = $2 AND last_read_seq < $3"
 )
+# Every (conversation, user, seq) of a batch: one JSON array of triples.
 _SQLITE_READ_UP_TO = (
-    "UPDATE conversation_members SET last_read_seq = ? "
-    "WHERE conversation_id = ? AND user_id = ? AND last_read_seq < ?"
+    "UPDATE conversation_members SET last_read_seq = p.seq FROM (SELECT "
+    "json_extract(value, '$[0]') AS conversation_id, json_extract(value, '$[1]') AS user_id, "
+    "json_extract(value, '$[2]') AS seq FROM json_each(?)) AS p "
+    "WHERE conversation_members.conversation_id = p.conversation_id "
+    "AND conversation_members.user_id = p.user_id AND conversation_members.last_read_seq < p.seq"
 )
 
 
 # The conversation (if its workspace is not deleted) with the caller's role, membership and name,
-# as `access.load_access` reads them. $1 / ?1 the conversation, $2 / ?2 the user or the key.
+# as `access.load_access` reads them: for one pair ($1 / ?1 the conversation, $2 / ?2 the user or
+# the key), or for every (conversation, caller) pair of a batch, the pair's index first.
 _CONVERSATION_FACTS = (
-    "SELECT c.id, c.workspace_id, c.kind, c.created_by, c.archived_at IS NOT NULL, {caller} "
-    "FROM conversations c JOIN workspaces w ON w.id = c.workspace_id {joins} "
-    "WHERE c.id = {conversation} AND w.deleted_at IS NULL"
+    "SELECT {first}c.id, c.workspace_id, c.kind, c.created_by, c.archived_at IS NOT NULL, "
+    "{caller} FROM {source} JOIN workspaces w ON w.id = c.workspace_id {joins} "
+    "WHERE {where}w.deleted_at IS NULL"
 )
 _USER_CALLER = "m.role, cm.user_id IS NOT NULL, u.display_name"
 _USER_JOINS = (
@@ -101,14 +107,28 @@ _KEY_CALLER = "NULL, false, k.name"
 _KEY_JOINS = "JOIN api_keys k ON k.id = {key}"
 # What a sender takes on PostgreSQL (SQLite's one writer needs nothing): see `load_access`.
 _PG_LOCK = " FOR NO KEY UPDATE OF c"
+# A batch's pairs: two arrays (PostgreSQL), one JSON array of [index, conversation, caller]
+# (SQLite).
+_PG_PAIRS = (
+    "unnest($1::uuid[], $2::uuid[]) WITH ORDINALITY AS p(conversation_id, caller_id, ord) "
+    "JOIN conversations c ON c.id = p.conversation_id"
+)
+_SQLITE_PAIRS = (
+    "(SELECT json_extract(value, '$[0]') AS ord, json_extract(value, '$[1]') AS conversation_id, "
+    "json_extract(value, '$[2]') AS caller_id FROM json_each(?)) AS p "
+    "JOIN conversations c ON c.id = p.conversation_id"
+)
 
 
-def _facts_statement(user: bool, placeholder: str) -> str:
-    conversation, caller = placeholder.format(1), placeholder.format(2)
+def _facts_statement(user: bool, placeholder: str | None = None, pairs: str = "") -> str:
+    """One pair's statement (`placeholder`: "${}" or "?{}"), or a batch's (`pairs`)."""
+    caller = placeholder.format(2) if placeholder else "p.caller_id"
     return _CONVERSATION_FACTS.format(
+        first="" if placeholder else "p.ord, ",
         caller=_USER_CALLER if user else _KEY_CALLER,
+        source="conversations c" if placeholder else pairs,
         joins=(_USER_JOINS.format(user=caller) if user else _KEY_JOINS.format(key=caller)),
-        conversation=conversation,
+        where=f"c.id = {placeholder.format(1)} AND " if placeholder else "",
     )
 
 
@@ -116,6 +136,15 @@ _PG_USER_FACTS = _facts_statement(True, "${}") + _PG_LOCK
 _PG_KEY_FACTS = _facts_statement(False, "${}") + _PG_LOCK
 _SQLITE_USER_FACTS = _facts_statement(True, "?{}")
 _SQLITE_KEY_FACTS = _facts_statement(False, "?{}")
+_PG_USER_BATCH_FACTS = _facts_statement(True, pairs=_PG_PAIRS)
+_PG_KEY_BATCH_FACTS = _facts_statement(False, pairs=_PG_PAIRS)
+_SQLITE_USER_BATCH_FACTS = _facts_statement(True, pairs=_SQLITE_PAIRS)
+_SQLITE_KEY_BATCH_FACTS = _facts_statement(False, pairs=_SQLITE_PAIRS)
+# PostgreSQL: the batch's conversation rows locked first, in id order (rows are locked as the
+# sort hands them over), the order every batch and every single send uses: no deadlock.
+_PG_LOCK_CONVERSATIONS = (
+    "SELECT id FROM conversations WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE"
+)
 
 
 def _dialect(session: AsyncSession) -> str:
@@ -129,21 +158,82 @@ async def load_send_access(
     not exist (or its workspace was deleted). `access.check` decides what the caller may do."""
     conn = await driver_of(session)
     user = isinstance(principal, UserPrincipal)
-    caller_id = principal.user_id if isinstance(principal, UserPrincipal) else principal.key_id
+    caller_id = _caller_id(principal)
     if _dialect(session) == "postgresql":
         statement = _PG_USER_FACTS if user else _PG_KEY_FACTS
         row = await conn.fetchrow(statement, conversation_id, caller_id)
         if row is None:
             raise conversation_not_found()
-        cid, workspace_id, kind, created_by, archived, role, is_member, name = row
-    else:
-        statement = _SQLITE_USER_FACTS if user else _SQLITE_KEY_FACTS
-        rows = await conn.execute_fetchall(statement, (conversation_id.hex, caller_id.hex))
-        if not rows:
-            raise conversation_not_found()
-        cid, workspace_id, kind, created_by, archived, role, is_member, name = rows[0]
-        cid, workspace_id = uuid.UUID(hex=cid), uuid.UUID(hex=workspace_id)
-        created_by = sv.read_uuid(created_by)
+        return _send_access(*row)
+    statement = _SQLITE_USER_FACTS if user else _SQLITE_KEY_FACTS
+    rows = await conn.execute_fetchall(statement, (conversation_id.hex, caller_id.hex))
+    if not rows:
+        raise conversation_not_found()
+    return _sqlite_send_access(rows[0])
+
+
+async def load_send_accesses(
+    session: AsyncSession, pairs: Sequence[tuple[Principal, uuid.UUID]]
+) -> list[SendAccess | None]:
+    """`load_send_access` for every (sender, conversation) pair of a batch, in the order given:
+    a handful of statements whatever the number of senders (None: no such conversation)."""
+    if len(pairs) == 1:
+        principal, conversation_id = pairs[0]
+        try:
+            return [await load_send_access(session, principal, conversation_id)]
+        except NotFound:
+            return [None]
+    conn = await driver_of(session)
+    postgres = _dialect(session) == "postgresql"
+    if postgres:
+        await conn.fetch(_PG_LOCK_CONVERSATIONS, list({c for _, c in pairs}))
+    found: list[SendAccess | None] = [None] * len(pairs)
+    for user in (True, False):
+        chosen = [
+            (index, conversation_id, _caller_id(principal))
+            for index, (principal, conversation_id) in enumerate(pairs)
+            if isinstance(principal, UserPrincipal) is user
+        ]
+        if not chosen:
+            continue
+        if postgres:
+            statement = _PG_USER_BATCH_FACTS if user else _PG_KEY_BATCH_FACTS
+            rows = await conn.fetch(
+                statement, [c for _, c, _ in chosen], [caller for _, _, caller in chosen]
+            )
+            # WITH ORDINALITY counts from 1 within `chosen`.
+            for row in rows:
+                found[chosen[row[0] - 1][0]] = _send_access(*row[1:])
+            continue
+        statement = _SQLITE_USER_BATCH_FACTS if user else _SQLITE_KEY_BATCH_FACTS
+        listed = sv.json_text([[index, c.hex, caller.hex] for index, c, caller in chosen])
+        for ord_, *facts in await conn.execute_fetchall(statement, (listed,)):
+            found[ord_] = _sqlite_send_access(facts)
+    return found
+
+
+def _caller_id(principal: Principal) -> uuid.UUID:
+    return principal.user_id if isinstance(principal, UserPrincipal) else principal.key_id
+
+
+def _sqlite_send_access(row: Sequence[Any]) -> SendAccess:
+    # UUIDs as SQLAlchemy stores them on SQLite (32 hex digits).
+    cid, workspace_id, kind, created_by, *caller = row
+    return _send_access(
+        uuid.UUID(hex=cid), uuid.UUID(hex=workspace_id), kind, sv.read_uuid(created_by), *caller
+    )
+
+
+def _send_access(
+    cid: uuid.UUID,
+    workspace_id: uuid.UUID,
+    kind: str,
+    created_by: uuid.UUID | None,
+    archived: Any,
+    role: str | None,
+    is_member: Any,
+    name: str | None,
+) -> SendAccess:
     conversation = ConversationRef(cid, workspace_id, kind, created_by, bool(archived))
     return SendAccess(conversation, Role(role) if role else None, bool(is_member), name or "")
 
@@ -209,7 +299,5 @@ async def read_up_to(
     if _dialect(session) == "postgresql":
         await conn.executemany(_PG_READ_UP_TO, [(c, u, seq) for (c, u), seq in positions.items()])
         return
-    for (conversation_id, user_id), seq in positions.items():
-        await conn.execute_fetchall(
-            _SQLITE_READ_UP_TO, (seq, conversation_id.hex, user_id.hex, seq)
-        )
+    listed = sv.json_text([[c.hex, u.hex, seq] for (c, u), seq in positions.items()])
+    await conn.execute_fetchall(_SQLITE_READ_UP_TO, (listed,))
