@@ -4,13 +4,14 @@ filters whose results open the message (or its thread)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from playwright.async_api import Page, Response, expect
+from playwright.async_api import Page, Response, Route, expect
 
 from tests.realtime.conftest import LiveServer
 from tests.support.users import PASSWORD, Account
@@ -148,6 +149,44 @@ async def test_threads_in_a_side_panel_live_between_two_people(
     await expect(panel.get_by_role("button", name="Follow thread", exact=True)).to_be_visible()
 
     assert_no_console_errors(alice, bob)
+
+
+async def test_a_slow_thread_load_does_not_undo_the_follow_of_a_reply(
+    tab: TabFactory, web_live: LiveServer
+) -> None:
+    """The thread's page was asked for before Alice replied and answers after: its
+    `following: false` is older than the reply's follow and must not win."""
+    await alice_and_bob(web_live)
+    alice = await tab()
+    page = alice.page
+    await signed_in(page, "alice@example.com")
+    await send(page, "Slow thread")
+    root = messages(page, "Slow thread")
+    await expect(root).to_have_count(1)
+    answered_late = asyncio.Event()
+
+    async def late(route: Route) -> None:
+        response = await route.fetch()
+        await reply_sent.wait()
+        await route.fulfill(response=response)
+        answered_late.set()
+
+    reply_sent = asyncio.Event()
+    await page.route(re.compile(r".*/messages/[^/]+/thread(\?.*)?$"), late)
+    await root.hover()
+    await root.get_by_role("button", name="Reply in thread").click()
+    panel = page.get_by_role("complementary", name="Thread")
+    reply_box = panel.get_by_role("textbox", name="Reply in thread")
+    await reply_box.fill("replying before the thread loaded")
+    await reply_box.press("Enter")
+    await expect(panel.locator("li.reply:not(.pending)", has_text="replying before")).to_have_count(
+        1
+    )
+    reply_sent.set()
+    await asyncio.wait_for(answered_late.wait(), timeout=10)
+    await expect(panel.get_by_role("button", name="Unfollow thread", exact=True)).to_be_visible()
+    await page.unroute(re.compile(r".*/messages/[^/]+/thread(\?.*)?$"))
+    assert_no_console_errors(alice)
 
 
 async def test_new_line_and_search_with_filters(tab: TabFactory, web_live: LiveServer) -> None:

@@ -312,6 +312,9 @@ export class Store {
       root: this.timelines.get(conversationId)?.byId.get(rootId) || null,
       replies: new Timeline({ replies: true }),
       following: false,
+      // Set once a reply, a follow button or an event has said: a page that was asked for
+      // before then must not overwrite it.
+      followingSettled: false,
       loaded: false,
     };
     this.thread = thread;
@@ -333,7 +336,7 @@ export class Store {
       const page = await this.api.get(path, query);
       if (this.thread !== thread) return;
       this._setThreadRoot(thread, page.root);
-      thread.following = page.following;
+      if (!thread.followingSettled) thread.following = page.following;
       for (const reply of page.replies) thread.replies.upsert(reply);
       if (!page.has_more || !page.replies.length) return;
       after = page.replies.at(-1).seq;
@@ -374,6 +377,7 @@ export class Store {
       });
       thread.replies.upsert(reply);
       thread.following = true; // replying follows the thread
+      thread.followingSettled = true;
     } catch (error) {
       const pending = thread.replies.pending.get(clientId);
       if (pending) pending.failed = true;
@@ -389,6 +393,7 @@ export class Store {
     const path = `/api/v1/conversations/${thread.conversationId}/messages/${thread.rootId}/follow`;
     await this.api.request(following ? "PUT" : "DELETE", path);
     thread.following = following;
+    thread.followingSettled = true;
     if (this.thread === thread) this.emit("thread", thread);
   }
 
@@ -484,6 +489,7 @@ export class Store {
       case "thread.follow_updated":
         if (this.thread && this.thread.rootId === data.root_id) {
           this.thread.following = Boolean(data.following);
+          this.thread.followingSettled = true;
           this.emit("thread", this.thread);
         }
         break;
