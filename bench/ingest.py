@@ -6,7 +6,9 @@ Run: `python -m bench.ingest [--quick] [--profiles embedded,scaled] [--seconds N
 
 A real `tidings serve` process (uvicorn, httptools) takes the load; the senders are one Python
 client process (aiohttp / websockets), closed loop: each sender sends its next message when the
-previous one was acknowledged, so an acknowledged message is committed. Targets (issue 4):
+previous one was acknowledged, so an acknowledged message is committed. The senders are 64
+people, 8 in each of 8 channels; over the socket each also receives its channel's messages.
+Targets (issue 4):
 PostgreSQL ≥ 3x the one-commit-per-fsync ceiling (serial single-row commits/s measured here
 with asyncpg, as `pg_test_fsync` would), SQLite ≥ 5x one transaction per message.
 """
@@ -101,28 +103,56 @@ async def _server(deployment: Deployment, batch_size: int) -> AsyncIterator[tupl
         await asyncio.to_thread(process.wait, 30)
 
 
-async def _prepare(base: str) -> tuple[dict[str, str], list[str]]:
-    """One account, one workspace, `CHANNELS` channels to spread the senders over."""
-    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
-        registered = await http.post(
-            "/api/v1/auth/register",
-            json={"email": "ingest@example.com", "password": PASSWORD, "display_name": "ingest"},
-        )
-        registered.raise_for_status()
-        headers = {"Authorization": f"Bearer {registered.json()['tokens']['access_token']}"}
+async def _prepare(base: str) -> tuple[list[dict[str, str]], list[str]]:
+    """A workspace with `CHANNELS` channels and `SENDERS` people, each a member of one channel
+    (8 per channel): every send reaches the sockets of its channel's members, as in a team, not
+    every socket of the run. The bearer headers of the senders, and the channels."""
+    async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+
+        async def register(email: str) -> dict[str, str]:
+            registered = await http.post(
+                "/api/v1/auth/register",
+                json={"email": email, "password": PASSWORD, "display_name": email.split("@")[0]},
+            )
+            registered.raise_for_status()
+            return {"Authorization": f"Bearer {registered.json()['tokens']['access_token']}"}
+
+        owner = await register("ingest-owner@example.com")
         workspace = (
-            await http.post("/api/v1/workspaces", json={"name": "Ingest"}, headers=headers)
+            await http.post("/api/v1/workspaces", json={"name": "Ingest"}, headers=owner)
         ).json()["id"]
         channels = []
         for index in range(CHANNELS):
             created = await http.post(
                 f"/api/v1/workspaces/{workspace}/conversations",
                 json={"kind": "public", "name": f"load-{index}"},
-                headers=headers,
+                headers=owner,
             )
             created.raise_for_status()
             channels.append(created.json()["id"])
-        return headers, channels
+
+        async def sender(index: int) -> dict[str, str]:
+            headers = await register(f"ingest-{index}@example.com")
+            invited = await http.post(
+                f"/api/v1/workspaces/{workspace}/invitations", json={}, headers=owner
+            )
+            invited.raise_for_status()
+            accepted = await http.post(
+                "/api/v1/invitations/accept",
+                json={"token": invited.json()["token"]},
+                headers=headers,
+            )
+            accepted.raise_for_status()
+            joined = await http.post(
+                f"/api/v1/conversations/{channels[index % CHANNELS]}/join", headers=headers
+            )
+            joined.raise_for_status()
+            return headers
+
+        senders: list[dict[str, str]] = []
+        for first in range(0, SENDERS, 8):  # a few at a time: each registration hashes a password
+            senders += await asyncio.gather(*(sender(i) for i in range(first, first + 8)))
+        return senders, channels
 
 
 async def _closed_loop(
@@ -145,20 +175,19 @@ async def _closed_loop(
 
 
 async def _http_rate(
-    base: str, headers: dict[str, str], channels: list[str], seconds: float
+    base: str, senders: list[dict[str, str]], channels: list[str], seconds: float
 ) -> float:
     # aiohttp, not httpx: with 64 senders in one process httpx's own CPU (~5 ms a request here)
     # was the limit (the client at 100 % of a core, the server at 60 %), not the server.
     connector = aiohttp.TCPConnector(limit=SENDERS)
     timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(
-        base_url=base, headers=headers, connector=connector, timeout=timeout
-    ) as http:
+    async with aiohttp.ClientSession(base_url=base, connector=connector, timeout=timeout) as http:
 
         async def send(sender: int, n: int) -> None:
             async with http.post(
                 f"/api/v1/conversations/{channels[sender % CHANNELS]}/messages",
                 json={"body": f"message {n} from sender {sender}"},
+                headers=senders[sender],
             ) as response:
                 text = await response.text()
                 if response.status != 201:
@@ -170,11 +199,11 @@ async def _http_rate(
 
 
 async def _socket_rate(
-    base: str, headers: dict[str, str], channels: list[str], seconds: float
+    base: str, senders: list[dict[str, str]], channels: list[str], seconds: float
 ) -> float:
     url = base.replace("http://", "ws://") + "/api/v1/realtime"
     clients: list[ClientConnection] = [
-        await connect(url, additional_headers=headers, max_queue=None) for _ in range(SENDERS)
+        await connect(url, additional_headers=headers, max_queue=None) for headers in senders
     ]
     try:
         for client in clients:
@@ -194,7 +223,7 @@ async def _socket_rate(
                     }
                 )
             )
-            while True:  # the sender's own events arrive too: skip to the ack
+            while True:  # the channel's events arrive too: skip to the ack
                 frame = json.loads(await client.recv())
                 if frame.get("ref") == ref:
                     if frame["type"] != "ack":
@@ -234,14 +263,14 @@ async def _measure(
     during each run (raw profiles beside the results, named by profile, batch size and path)."""
     deployment = await stores.fresh(profile)
     async with _server(deployment, batch_size) as (base, pid):
-        headers, channels = await _prepare(base)
+        senders, channels = await _prepare(base)
         await machine.QUIET.wait()
         rates: dict[str, float] = {}
         for path, measure in (("http", _http_rate), ("socket", _socket_rate)):
             name = f"ingest-{profile}-batch{batch_size}-{path}-{datetime.now(UTC):%H%M%S}"
             spies = machine.start_profiles(spy, [(name, pid)], RESULTS_DIR)
             try:
-                rates[path] = round(await measure(base, headers, channels, seconds), 1)
+                rates[path] = round(await measure(base, senders, channels, seconds), 1)
             finally:
                 await machine.stop_profiles(spies)
     return rates
