@@ -112,10 +112,13 @@ def _summarize_unraisable(terminalreporter: Any) -> None:
             text = getattr(report, "longreprtext", "")
             if "unraisable" not in text.lower() and "Exception ignored" not in text:
                 continue
+            # Plain failures prefix the lines with "E", exception groups with "|".
+            stripped = (line.lstrip("E|+ ").rstrip() for line in text.splitlines())
             found = [
-                line.strip()
-                for line in text.splitlines()
-                if line.startswith("E ") and ("Warning:" in line or "Exception ignored" in line)
+                line
+                for line in stripped
+                if ("Warning:" in line or "Exception ignored" in line)
+                and not line.startswith("warnings.warn(")
             ]
             lines.append(f"{report.nodeid} ({report.when}):")
             lines.extend(f"  {line}" for line in dict.fromkeys(found))

@@ -45,3 +45,57 @@ async def test_pooled_connections_to_a_restarted_server_are_replaced_without_an_
         assert len(after & before) <= 1  # at most the survivor that ran the kill
     finally:
         await db.dispose()
+
+
+async def _alive(db: Database, pids: set[int]) -> set[int]:
+    async with db.read() as session:
+        rows = await session.execute(
+            text("SELECT pid FROM pg_stat_activity WHERE pid = ANY(:pids)"), {"pids": list(pids)}
+        )
+        return {int(pid) for (pid,) in rows}
+
+
+async def test_a_dead_driver_connection_leaves_no_live_sibling_outside_the_pool(
+    database_url: str,
+) -> None:
+    """The driver pool after a restart: a connection opened meanwhile and checked out while
+    a dead one fails goes back to the pool, so shutting down closes it (the garbage collector
+    would otherwise find it open, and asyncpg cannot close a connection from there)."""
+    db = Database(database_url, pool_size=4)
+    try:
+        doomed_ready, sibling_ready, doomed_failed = (asyncio.Event() for _ in range(3))
+        pids: dict[str, int] = {}
+
+        async def doomed() -> None:
+            async with db.driver_connection() as conn:
+                pids["doomed"] = await conn.fetchval("SELECT pg_backend_pid()")
+                doomed_ready.set()
+                await sibling_ready.wait()
+                await conn.fetchval("SELECT 1")  # its server process is gone by now
+
+        async def sibling() -> None:
+            await doomed_ready.wait()
+            async with db.transaction() as session:
+                await session.execute(
+                    text("SELECT pg_terminate_backend(:pid)"), {"pid": pids["doomed"]}
+                )
+            async with db.driver_connection() as conn:  # opened after the "restart"
+                pids["sibling"] = await conn.fetchval("SELECT pg_backend_pid()")
+                sibling_ready.set()
+                await doomed_failed.wait()
+
+        async def watch_doomed() -> None:
+            try:
+                await doomed()
+            finally:
+                doomed_failed.set()
+
+        outcomes = await asyncio.gather(watch_doomed(), sibling(), return_exceptions=True)
+        assert outcomes[1] is None
+        assert outcomes[0] is not None  # the dead connection's statement failed
+        async with db.driver_connection() as conn:  # the pool still serves, on a fresh one
+            assert await conn.fetchval("SELECT pg_backend_pid()") not in set(pids.values())
+        await db.dispose()
+        assert await _alive(db, {pids["sibling"]}) == set()
+    finally:
+        await db.dispose()

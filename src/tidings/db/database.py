@@ -223,12 +223,11 @@ class Database:
                     raw.invalidate()
                 is_closed = getattr(driver, "is_closed", None)  # asyncpg: the server went away
                 if is_closed is not None and is_closed():
-                    raw.invalidate()
-                    # Its siblings most likely died with it: start over with a fresh pool.
-                    # Closed, not dropped: a sibling that is still alive (opened after the
-                    # restart) would otherwise stay connected until the garbage collector
-                    # found it, and asyncpg cannot close a connection from there.
-                    await self._driver_engine.dispose()
+                    # Its siblings most likely died with it: every connection opened before now
+                    # is closed and replaced at its next checkout, as SQLAlchemy itself does on
+                    # a disconnect. Not `dispose()`: a sibling checked out meanwhile would be
+                    # returned to the orphaned pool and left open for the garbage collector.
+                    self._driver_engine.pool._invalidate(raw)
                 raise
 
     @asynccontextmanager
