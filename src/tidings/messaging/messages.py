@@ -82,6 +82,18 @@ SYSTEM_SENDER_NAME = "Tidings"
 class Sent:
     message: MessageOut
     created: bool  # False when a retried send (same client_id) found its message
+    # `message` as JSON (what the event carries): built once, answered as it is by the HTTP
+    # route and the socket's acknowledgement.
+    message_json: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Written:
+    """A message this batch wrote, with the API form and JSON its event was built from."""
+
+    message: Message
+    out: MessageOut
+    out_json: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -99,11 +111,11 @@ class _PendingSend:
     principal: Principal
     conversation_id: uuid.UUID
     draft: Draft
-    future: asyncio.Future[Message | _Replay]
+    future: asyncio.Future[_Written | _Replay]
 
 
 # What became of one send: its message, the message a retry found, or why it was refused.
-Outcome = Union["Message", "_Replay", Exception]
+Outcome = Union["_Written", "_Replay", Exception]
 _log = get_logger(__name__)
 
 
@@ -159,7 +171,7 @@ class Messages:
         """Send a message; concurrent sends share transactions (group commit), each with its
         own savepoint, so one failing send never affects another."""
         _check_body(draft.body)
-        future: asyncio.Future[Message | _Replay] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[_Written | _Replay] = asyncio.get_running_loop().create_future()
         self._queue.append(_PendingSend(principal, conversation_id, draft, future))
         if self._writer is None:
             self._writer = asyncio.create_task(self._write_queued(), name="message-writer")
@@ -171,8 +183,9 @@ class Messages:
                 )
             async with self._db.read() as session:
                 reactions = await self._reactions(session, [result.message.id])
-            return Sent(events.message_out(result.message, reactions.get(result.message.id)), False)
-        return Sent(events.message_out(result), True)
+            out = events.message_out(result.message, reactions.get(result.message.id))
+            return Sent(out, False, events.as_payload(out))
+        return Sent(result.out, True, result.out_json)
 
     async def _write_queued(self) -> None:
         # Runs while sends are queued: whatever queued up during one commit goes in the next,
@@ -213,7 +226,7 @@ class Messages:
         for pending, outcome in zip(batch, outcomes, strict=True):
             if pending.future.done():  # the sender went away (request cancelled)
                 continue
-            if isinstance(outcome, _Replay | Message):
+            if isinstance(outcome, _Replay | _Written):
                 pending.future.set_result(outcome)
             else:
                 pending.future.set_exception(outcome)
@@ -313,15 +326,17 @@ class Messages:
             kind, sender_id = _sender(pending.principal)
             sender = Sender(kind, sender_id, access.caller_name)
             ready.append(_Ready(access, pending.draft, sender, roots.get(index)))
-        for index, message in zip(fresh, await self._insert(session, ready), strict=True):
-            outcomes[index] = message
+        for index, written in zip(fresh, await self._insert(session, ready), strict=True):
+            outcomes[index] = written
         for index, original in repeats.items():
-            written = outcomes[original]
-            outcomes[index] = _Replay(written) if isinstance(written, Message) else written
+            first_send = outcomes[original]
+            outcomes[index] = (
+                _Replay(first_send.message) if isinstance(first_send, _Written) else first_send
+            )
         assert all(outcome is not None for outcome in outcomes)  # noqa: S101 - each decided
         return [outcome for outcome in outcomes if outcome is not None]
 
-    async def _insert(self, session: AsyncSession, ready: list[_Ready]) -> list[Message]:
+    async def _insert(self, session: AsyncSession, ready: list[_Ready]) -> list[_Written]:
         """Write decided sends: one sequence allocation per conversation (its row is locked),
         one INSERT for the messages, one for their events."""
         now = utcnow()
@@ -337,6 +352,7 @@ class Messages:
             next_seq[conversation_id] = last - counts[conversation_id] + 1
 
         messages: list[Message] = []
+        written: list[_Written] = []
         rows: list[dict[str, Any]] = []  # the INSERT's values (not read back from the objects)
         mentioned: list[tuple[Message, Mentions]] = []
         read_up_to: dict[tuple[uuid.UUID, uuid.UUID], int] = {}
@@ -372,7 +388,10 @@ class Messages:
             messages.append(message)
             if mentions.users or mentions.broadcast:
                 mentioned.append((message, mentions))
-            payload: dict[str, Any] = {"message": events.as_payload(events.message_out(message))}
+            out = events.message_out(message)
+            out_json = events.as_payload(out)
+            written.append(_Written(message, out, out_json))
+            payload: dict[str, Any] = {"message": out_json}
             if root is not None:
                 # The conversation row is locked now; the root's row comes after it, as in edits.
                 root.reply_count += 1
@@ -393,7 +412,7 @@ class Messages:
                 )
             )
         if not messages:
-            return messages
+            return written
         await store.insert_messages(session, rows)
         for message, mentions in mentioned:
             await self._record_mentions(session, message, mentions)
@@ -409,7 +428,7 @@ class Messages:
                 )
         await store.read_up_to(session, read_up_to)
         await emit_many(session, new_events)
-        return messages
+        return written
 
     async def _valid_root(
         self, session: AsyncSession, conversation_id: uuid.UUID, root_id: uuid.UUID
@@ -429,8 +448,8 @@ class Messages:
                 raise conversation_not_found()
             access = SendAccess(ConversationRef.of(conversation), None, False, SYSTEM_SENDER_NAME)
             sender = Sender(SenderKind.SYSTEM, None, SYSTEM_SENDER_NAME)
-            [message] = await self._insert(session, [_Ready(access, Draft(body), sender, None)])
-            return events.message_out(message)
+            [written] = await self._insert(session, [_Ready(access, Draft(body), sender, None)])
+            return written.out
 
     async def _record_mentions(
         self, session: AsyncSession, message: Message, mentions: Mentions
