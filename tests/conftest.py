@@ -38,6 +38,7 @@ import redis.asyncio as aioredis  # noqa: E402
 from asgi_lifespan import LifespanManager  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 
+from tests.support import leaks  # noqa: E402
 from tidings.app import create_app  # noqa: E402
 from tidings.db import migrate  # noqa: E402
 from tidings.db.models import Base  # noqa: E402
@@ -47,6 +48,7 @@ from tidings.settings import Settings  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ("embedded", "scaled")
 PROFILE_LABELS = {"embedded": "SQLite, in-process", "scaled": "PostgreSQL + Redis"}
+LEAK_SECTION = "where the leaked sockets were opened"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -72,6 +74,35 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         if marker is not None:  # a test that is profile-independent runs on the ones it names
             profiles = [p for p in profiles if p in marker.args]
         metafunc.parametrize("profile", profiles, scope="session")
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own unraisable hook is in place
+def pytest_configure(config: pytest.Config) -> None:
+    leaks.install(config)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    leaks.enter(item.nodeid, "setup")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> None:
+    leaks.enter(item.nodeid, "call")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    leaks.enter(item.nodeid, "teardown")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    found = leaks.origins()
+    if found is not None and report.failed:
+        report.sections.append((LEAK_SECTION, found))
+    return report
 
 
 @pytest.fixture(scope="session")
@@ -122,6 +153,9 @@ def _summarize_unraisable(terminalreporter: Any) -> None:
             ]
             lines.append(f"{report.nodeid} ({report.when}):")
             lines.extend(f"  {line}" for line in dict.fromkeys(found))
+            for title, content in report.sections:
+                if title == LEAK_SECTION:
+                    lines.extend(f"  {line}" for line in content.splitlines())
     if lines:
         terminalreporter.write_sep("=", "unraisable warnings (objects left unclosed)")
         for line in lines:
