@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
+import asyncpg
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from tests.support.helpers import eventually
 from tidings.db.base import utcnow
@@ -297,3 +298,46 @@ async def test_periodic_job_fires_once_per_tick_across_workers(
     ticks = [c for c in recorder.calls if c[2] == {"tick": True}]
     # Three or four seconds boundaries passed; each fired once, not once per worker.
     assert 2 <= len(ticks) <= 4
+
+
+@pytest.mark.profiles("scaled")
+async def test_a_claim_waiting_on_the_database_does_not_hold_up_the_next_job(
+    runtime: Runtime, recorder: Recorder, settings: Settings
+) -> None:
+    """The receive loop reads on while a claim commits: job B, queued after job A, runs while
+    A's claim still waits (here on a row lock; in production on a commit's round trip)."""
+    runtime.db.hooks.local_worker = None  # through the transport and a claim, as across nodes
+    publish = runtime.db.hooks.jobs_committed
+    runtime.db.hooks.jobs_committed = None  # A is written but not announced yet
+    first = await _enqueue(runtime, "ok", {"n": "A"})
+    runtime.db.hooks.jobs_committed = publish
+    dsn = settings.effective_database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    holder = await asyncpg.connect(dsn)
+    try:
+        locking = holder.transaction()
+        await locking.start()
+        await holder.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", first)
+        await runtime.transport.publish([first])
+        await eventually(lambda: _claim_waits_on_lock(runtime.db), within=10)
+
+        second = await _enqueue(runtime, "ok", {"n": "B"})
+        await _wait_status(runtime.db, second, JobStatus.SUCCEEDED)
+        assert [c[2] for c in recorder.calls] == [{"n": "B"}]  # A's claim is still waiting
+        await locking.rollback()
+    finally:
+        await holder.close()
+    await _wait_status(runtime.db, first, JobStatus.SUCCEEDED)
+    assert [c[2] for c in recorder.calls] == [{"n": "B"}, {"n": "A"}]
+
+
+async def _claim_waits_on_lock(db: Database) -> bool:
+    # Asked on a connection of its own: inside the holder's transaction, pg_stat_activity is
+    # a snapshot taken at its first read.
+    async with db.read() as session:
+        waiting = await session.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database() AND query LIKE 'UPDATE jobs SET status%'"
+            )
+        )
+    return bool(waiting)

@@ -119,6 +119,10 @@ class Worker:
         self._completed_ready = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._receive_task: asyncio.Task[None] | None = None
+        # Claims in flight and the slots their jobs will take: the receive loop reads on
+        # while a claim commits (a job arriving meanwhile does not wait for it).
+        self._claims: set[asyncio.Task[None]] = set()
+        self._reserved = 0
         self._claim_batch = max(1, self._config.concurrency // 8)
         self._lingered = False
 
@@ -156,6 +160,8 @@ class Worker:
             except TimeoutError:
                 self._receive_task.cancel()
                 await asyncio.gather(self._receive_task, return_exceptions=True)
+        # Jobs a claim in flight wins start like any other: the grace below covers them.
+        await asyncio.gather(*self._claims, return_exceptions=True)
         if self._running:
             _, still_running = await asyncio.wait(
                 list(self._running.values()), timeout=self._config.shutdown_grace
@@ -214,13 +220,13 @@ class Worker:
 
     async def _receive_loop(self) -> None:
         while not self._stopping.is_set():
-            free = self._config.concurrency - len(self._running)
+            free = self._config.concurrency - len(self._running) - self._reserved
             if free <= 0:
                 self._slot_free.clear()
                 if not self._stopping.is_set():
                     await self._slot_free.wait()
                 continue
-            if free < self._claim_batch and self._running and not self._lingered:
+            if free < self._claim_batch and (self._running or self._claims) and not self._lingered:
                 # Busy: slots free up one by one, and a claim per slot costs a statement each.
                 # Wait a moment for company; the jobs still running keep the work going.
                 self._lingered = True
@@ -229,25 +235,37 @@ class Worker:
             self._lingered = False
             try:
                 ids = await self._transport.receive(free, wait_seconds=0.5)
-                if ids:
-                    await self._claim_and_start(ids)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 _log.exception("job_receive_failed")
                 await asyncio.sleep(0.5)
+                continue
+            if ids:
+                self._reserved += len(ids)
+                claim = asyncio.create_task(self._claim_and_start(ids))
+                self._claims.add(claim)
+                claim.add_done_callback(self._claims.discard)
 
     async def _claim_and_start(self, ids: Sequence[uuid.UUID]) -> None:
+        claimed: list[ClaimedJob] = []
         try:
-            claimed = await self._claim(ids)
+            try:
+                claimed = await self._claim(ids)
+            except Exception:
+                # The transport gave these ids once; try again once (e.g. on a fresh
+                # connection after a database restart) before leaving them to the sweeper.
+                _log.warning("job_claim_failed_retrying", count=len(ids), exc_info=True)
+                await asyncio.sleep(0.1)
+                claimed = await self._claim(ids)
         except Exception:
-            # The transport gave these ids once; try again once (e.g. on a fresh connection
-            # after a database restart) before leaving them to the sweeper.
-            _log.warning("job_claim_failed_retrying", count=len(ids), exc_info=True)
-            await asyncio.sleep(0.1)
-            claimed = await self._claim(ids)
-        for job in claimed:
-            self._running[job.id] = asyncio.create_task(self._execute(job))
+            _log.exception("job_claim_failed", count=len(ids))
+        finally:
+            for job in claimed:
+                self._running[job.id] = asyncio.create_task(self._execute(job))
+            self._reserved -= len(ids)
+            if len(claimed) < len(ids):  # slots held for jobs another worker won
+                self._slot_free.set()
 
     async def _claim(self, ids: Sequence[uuid.UUID]) -> list[ClaimedJob]:
         now = utcnow()
