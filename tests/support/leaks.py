@@ -25,13 +25,19 @@ _found: list[str] = []
 
 
 def _where() -> str:
-    for frame in reversed(traceback.extract_stack(limit=40)[:-2]):
-        if (
-            any(part in frame.filename for part in _OURS)
-            and "support/leaks.py" not in frame.filename
+    stack = traceback.extract_stack()[:-2]
+    how = (
+        "accepted"
+        if any(f.name == "accept" and f.filename.endswith("socket.py") for f in stack)
+        else "opened"
+    )
+    for frame in reversed(stack):
+        if any(part in frame.filename for part in _OURS) and not frame.filename.endswith(
+            "leaks.py"
         ):
-            return f"{'/'.join(frame.filename.rsplit('/', 2)[-2:])}:{frame.lineno} {frame.name}"
-    return "outside the project (event loop callback)"
+            where = "/".join(frame.filename.rsplit("/", 2)[-2:])
+            return f"{how}, under {where}:{frame.lineno} {frame.name}"
+    return f"{how} outside the project (an event loop callback)"
 
 
 def install(config: pytest.Config) -> None:
@@ -39,7 +45,7 @@ def install(config: pytest.Config) -> None:
 
     def init(self: socket.socket, *args: Any, **kwargs: Any) -> None:
         original_init(self, *args, **kwargs)
-        _opened[self.fileno()] = f"{_current[0]}, at {_where()}"
+        _opened[self.fileno()] = f"{_current[0]}, {_where()}"
 
     socket.socket.__init__ = init  # type: ignore[method-assign]
 
@@ -50,8 +56,7 @@ def install(config: pytest.Config) -> None:
     def hook(unraisable: Any) -> None:
         text = f"{unraisable.exc_value!r} {unraisable.object!r}"
         _found.extend(
-            f"fd={fd} opened during {_opened.get(int(fd), 'an unknown test')}"
-            for fd in _FD.findall(text)
+            f"fd={fd}: during {_opened.get(int(fd), 'an unknown test')}" for fd in _FD.findall(text)
         )
         pytest_hook(unraisable)
 

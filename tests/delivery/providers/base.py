@@ -229,10 +229,12 @@ class ProviderServer:
         except (ConnectionError, h11.ProtocolError):
             return
         finally:
-            self._writers.discard(writer)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+            # Only once its socket is closed: a close still flushing a reply when the server
+            # stops is aborted by `__aexit__`.
+            self._writers.discard(writer)
 
 
 async def _next_event(connection: h11.Connection, reader: asyncio.StreamReader) -> Any:
