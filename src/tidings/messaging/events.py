@@ -11,7 +11,7 @@ import uuid
 from typing import Any
 
 from tidings.messaging.kinds import ConversationKind
-from tidings.messaging.models import Conversation, Message
+from tidings.messaging.models import Conversation, Message, WrittenMessage
 from tidings.messaging.schemas import ConversationOut, MessageOut, ReactionOut
 
 CONVERSATION_CREATED = "conversation.created"
@@ -58,7 +58,9 @@ def conversation_out(conversation: Conversation, **caller: Any) -> ConversationO
     )
 
 
-def message_out(message: Message, reactions: list[ReactionOut] | None = None) -> MessageOut:
+def message_out(
+    message: Message | WrittenMessage, reactions: list[ReactionOut] | None = None
+) -> MessageOut:
     deleted = message.deleted_at is not None
     return MessageOut(
         id=message.id,

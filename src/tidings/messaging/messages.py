@@ -40,6 +40,7 @@ from tidings.messaging.models import (
     MessageEdit,
     Reaction,
     ThreadFollower,
+    WrittenMessage,
 )
 from tidings.messaging.schemas import (
     MAX_BODY_CHARS,
@@ -91,7 +92,7 @@ class Sent:
 class _Written:
     """A message this batch wrote, with the API form and JSON its event was built from."""
 
-    message: Message
+    message: WrittenMessage
     out: MessageOut
     out_json: dict[str, Any]
 
@@ -120,7 +121,7 @@ _log = get_logger(__name__)
 
 
 class _Replay(Exception):  # noqa: N818 - control flow: roll back and answer with the original
-    def __init__(self, message: Message) -> None:
+    def __init__(self, message: Message | WrittenMessage) -> None:
         self.message = message
 
 
@@ -351,10 +352,10 @@ class Messages:
             )
             next_seq[conversation_id] = last - counts[conversation_id] + 1
 
-        messages: list[Message] = []
+        messages: list[WrittenMessage] = []
         written: list[_Written] = []
         rows: list[dict[str, Any]] = []  # the INSERT's values (not read back from the objects)
-        mentioned: list[tuple[Message, Mentions]] = []
+        mentioned: list[tuple[WrittenMessage, Mentions]] = []
         read_up_to: dict[tuple[uuid.UUID, uuid.UUID], int] = {}
         new_events: list[NewEvent] = []
         for item in ready:
@@ -384,7 +385,7 @@ class Messages:
                 "pinned_by": None,
             }
             rows.append(values)
-            message = Message(**values)
+            message = WrittenMessage(**values)
             messages.append(message)
             if mentions.users or mentions.broadcast:
                 mentioned.append((message, mentions))
@@ -452,7 +453,7 @@ class Messages:
             return written.out
 
     async def _record_mentions(
-        self, session: AsyncSession, message: Message, mentions: Mentions
+        self, session: AsyncSession, message: Message | WrittenMessage, mentions: Mentions
     ) -> None:
         if not mentions.users and not mentions.broadcast:
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -112,6 +113,32 @@ class Message(Base):
     deleted_at: Mapped[datetime | None]
     pinned_at: Mapped[datetime | None]
     pinned_by: Mapped[uuid.UUID | None]
+
+
+@dataclass(slots=True)
+class WrittenMessage:
+    """A `messages` row as a send just wrote it, outside any session: `Message`'s columns
+    without the ORM's bookkeeping (building a `Message` costs ~20 µs, this ~1 µs)."""
+
+    id: uuid.UUID
+    conversation_id: uuid.UUID
+    workspace_id: uuid.UUID
+    seq: int
+    sender_kind: str
+    sender_id: uuid.UUID | None
+    sender_name: str
+    body: str
+    client_id: str | None
+    fingerprint: str | None
+    mentions: dict[str, Any]
+    thread_root_id: uuid.UUID | None
+    reply_count: int
+    last_reply_at: datetime | None
+    created_at: datetime
+    edited_at: datetime | None
+    deleted_at: datetime | None
+    pinned_at: datetime | None
+    pinned_by: uuid.UUID | None
 
 
 class MessageEdit(Base):
