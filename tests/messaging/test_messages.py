@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import fields
 from urllib.parse import quote
 
 import httpx
@@ -18,9 +19,16 @@ from tests.support.messaging import (
     send,
 )
 from tests.support.users import create_api_key, create_workspace, register
+from tidings.messaging.models import Message, WrittenMessage
 
 C = "/api/v1/conversations"
 NO_MENTIONS = {"users": [], "channel": False, "here": False}
+
+
+def test_a_written_message_has_exactly_the_columns_of_a_message() -> None:
+    """`WrittenMessage` mirrors `Message` so a send can skip the ORM: a column added to one
+    must be added to the other."""
+    assert [f.name for f in fields(WrittenMessage)] == list(Message.__table__.columns.keys())
 
 
 async def test_send_shape_and_limits(client: httpx.AsyncClient) -> None:

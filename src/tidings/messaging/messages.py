@@ -81,11 +81,10 @@ SYSTEM_SENDER_NAME = "Tidings"
 
 @dataclass(frozen=True)
 class Sent:
-    message: MessageOut
+    # The message as JSON (`MessageOut`'s form, what its event carries): built once, answered
+    # as it is by the HTTP route and the socket's acknowledgement.
+    message: dict[str, Any]
     created: bool  # False when a retried send (same client_id) found its message
-    # `message` as JSON (what the event carries): built once, answered as it is by the HTTP
-    # route and the socket's acknowledgement.
-    message_json: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -185,8 +184,8 @@ class Messages:
             async with self._db.read() as session:
                 reactions = await self._reactions(session, [result.message.id])
             out = events.message_out(result.message, reactions.get(result.message.id))
-            return Sent(out, False, events.as_payload(out))
-        return Sent(result.out, True, result.out_json)
+            return Sent(events.as_payload(out), False)
+        return Sent(result.out_json, True)
 
     async def _write_queued(self) -> None:
         # Runs while sends are queued: whatever queued up during one commit goes in the next,
@@ -352,7 +351,6 @@ class Messages:
             )
             next_seq[conversation_id] = last - counts[conversation_id] + 1
 
-        messages: list[WrittenMessage] = []
         written: list[_Written] = []
         rows: list[dict[str, Any]] = []  # the INSERT's values (not read back from the objects)
         mentioned: list[tuple[WrittenMessage, Mentions]] = []
@@ -386,7 +384,6 @@ class Messages:
             }
             rows.append(values)
             message = WrittenMessage(**values)
-            messages.append(message)
             if mentions.users or mentions.broadcast:
                 mentioned.append((message, mentions))
             out = events.message_out(message)
@@ -412,12 +409,12 @@ class Messages:
                     conversation.workspace_id,
                 )
             )
-        if not messages:
+        if not written:
             return written
         await store.insert_messages(session, rows)
         for message, mentions in mentioned:
             await self._record_mentions(session, message, mentions)
-        for message, item in zip(messages, ready, strict=True):
+        for item, message in zip(ready, (w.message for w in written), strict=True):
             root = item.root
             if root is None:
                 continue

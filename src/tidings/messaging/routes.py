@@ -197,7 +197,7 @@ async def send_message(
     # The JSON the message's event carries, as it is: the busiest route skips validating and
     # serialising its answer a second time.
     return Response(
-        orjson.dumps(sent.message_json),
+        orjson.dumps(sent.message),
         status_code=status.HTTP_201_CREATED if sent.created else status.HTTP_200_OK,
         media_type="application/json",
     )

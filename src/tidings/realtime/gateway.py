@@ -477,7 +477,7 @@ class Gateway:
             Draft(command.body, command.client_id, command.thread_root_id),
         )
         self._stop_typing(command.conversation_id, subscriber.user_id)
-        return {"message": sent.message_json, "created": sent.created}
+        return {"message": sent.message, "created": sent.created}
 
     async def _read(self, subscriber: RealtimeSubscriber, command: Read) -> dict[str, Any]:
         out = await self._messaging.conversations.mark_read(
