@@ -15,12 +15,15 @@ from tidings.db import migrate
 from tidings.delivery.routes import routers as delivery_routers
 from tidings.delivery.routes import send as send_router
 from tidings.delivery.template_routes import templates_router
+from tidings.http.hot import add_hot_post
 from tidings.http.middleware import BodyGuardMiddleware, RequestContextMiddleware
 from tidings.http.problems import install_problem_handlers
 from tidings.identity.routes import routers as identity_routers
 from tidings.infra.logging import get_logger
 from tidings.messaging.routes import messages as messages_router
 from tidings.messaging.routes import routers as messaging_routers
+from tidings.messaging.routes import send_message_hot
+from tidings.messaging.schemas import MessageIn
 from tidings.onboarding.routes import router as onboarding_router
 from tidings.realtime.routes import presence_router
 from tidings.realtime.routes import router as realtime_router
@@ -110,6 +113,9 @@ def create_app(
         *routers,
     ]:
         _add_routes(app, router)
+    add_hot_post(
+        app, "/api/v1/conversations/{conversation_id:uuid}/messages", MessageIn, send_message_hot
+    )
     # The web app last: its shell routes and static files never shadow an API path.
     mount_web(app)
     # Added last = outermost: request ids wrap everything, including CORS preflights.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,7 +11,8 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from tests.support.users import PASSWORD, register
+from tests.support.messaging import create_channel, post_message
+from tests.support.users import PASSWORD, create_workspace, register
 from tidings.app import create_app
 from tidings.settings import Settings
 
@@ -71,6 +73,24 @@ async def test_authenticated_requests_carry_ratelimit_headers(
     assert [r.status_code for r in responses] == [200] * 5 + [429]
     assert responses[0].headers["ratelimit-limit"] == "5"
     assert [int(r.headers["ratelimit-remaining"]) for r in responses[:5]] == [4, 3, 2, 1, 0]
+
+
+async def test_every_answer_to_an_authenticated_caller_carries_its_ratelimit_headers(
+    limited_client: httpx.AsyncClient,
+) -> None:
+    """A chat send answers with a Response of its own and a missing conversation with a
+    problem; both report the caller's bucket, and a refusal reports it once."""
+    account = await register(limited_client)
+    workspace = await create_workspace(limited_client, account)
+    room = (await create_channel(limited_client, account.headers, workspace))["id"]
+    sent = await post_message(limited_client, account.headers, room, "hello")
+    missing = await post_message(limited_client, account.headers, str(uuid.uuid4()), "hello")
+    assert (await limited_client.get("/api/v1/me", headers=account.headers)).status_code == 200
+    refused = await limited_client.get("/api/v1/me", headers=account.headers)
+    assert [sent.status_code, missing.status_code, refused.status_code] == [201, 404, 429]
+    assert [r.headers["ratelimit-remaining"] for r in (sent, missing, refused)] == ["2", "1", "0"]
+    assert refused.headers.get_list("ratelimit-limit") == ["5"]
+    assert refused.headers["retry-after"]
 
 
 @pytest.mark.profiles("scaled")

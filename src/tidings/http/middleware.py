@@ -16,10 +16,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tidings.http.problems import problem_response
 from tidings.infra import metrics
 from tidings.infra.logging import get_logger
+from tidings.infra.ratelimit import Decision
 
 REQUEST_ID_HEADER = b"x-request-id"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
+_RATE_LIMIT = "rate_limit"
+_RATE_LIMIT_LIMIT = b"ratelimit-limit"
 _log = get_logger("tidings.access")
 
 
@@ -30,9 +33,24 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+def remember_limit(scope: Scope, decision: Decision) -> None:
+    """The rate-limit decision the answer reports in its RateLimit-* headers (the last one
+    taken for the request); `RequestContextMiddleware` adds them to whatever answers."""
+    scope.setdefault("state", {})[_RATE_LIMIT] = decision
+
+
+def _limit_headers(scope: Scope, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    decision: Decision | None = scope.get("state", {}).get(_RATE_LIMIT)
+    # A refusal (429) already carries its own, with Retry-After.
+    if decision is None or any(key.lower() == _RATE_LIMIT_LIMIT for key, _ in headers):
+        return []
+    return [(key.encode(), value.encode()) for key, value in decision.headers().items()]
+
+
 class RequestContextMiddleware:
-    """Gives every request an id (the client's if well-formed), echoes it, logs the request,
-    records its latency, and turns an unhandled error into a 500 problem without internals."""
+    """Gives every request an id (the client's if well-formed), echoes it, adds the RateLimit-*
+    headers of the request's rate limit, logs the request, records its latency, and turns an
+    unhandled error into a 500 problem without internals."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -62,6 +80,7 @@ class RequestContextMiddleware:
                 response_started = True
                 status = message["status"]
                 headers = list(message.get("headers", []))
+                headers += _limit_headers(scope, headers)
                 headers.append((REQUEST_ID_HEADER, request_id.encode()))
                 message = {**message, "headers": headers}
             await send(message)

@@ -6,8 +6,9 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, Request, Response
+from fastapi import Depends, Request
 
+from tidings.http.middleware import remember_limit
 from tidings.http.problems import Forbidden, Unauthenticated
 from tidings.identity.accounts import ClientInfo
 from tidings.identity.component import Identity
@@ -50,39 +51,40 @@ def _client_of(request: Request) -> ClientInfo:
 ClientDep = Annotated[ClientInfo, Depends(client_info)]
 
 
-async def apply_limit(identity: Identity, response: Response, key: str, rate: Rate) -> None:
-    decision = await enforce(identity.limiter, key, rate)
-    response.headers.update(decision.headers())
+async def apply_limit(identity: Identity, request: Request, key: str, rate: Rate) -> None:
+    # The answer's RateLimit-* headers are added by the request middleware, whatever answers:
+    # a model, a Response returned as it is, or a problem.
+    remember_limit(request.scope, await enforce(identity.limiter, key, rate))
 
 
 def limit_by_ip(rate_name: str) -> Callable[..., Awaitable[None]]:
     """A per-IP bucket for unauthenticated endpoints (`rate_name` is a field of RateLimits)."""
 
-    async def dependency(identity: IdentityDep, client: ClientDep, response: Response) -> None:
+    async def dependency(identity: IdentityDep, client: ClientDep, request: Request) -> None:
         rate: Rate = getattr(identity.limits, rate_name)
-        await apply_limit(identity, response, f"{rate_name}:ip:{client.ip}", rate)
+        await apply_limit(identity, request, f"{rate_name}:ip:{client.ip}", rate)
 
     return dependency
 
 
-async def authenticate(request: Request, response: Response) -> Principal:
+async def authenticate(request: Request) -> Principal:
     # The identity and the client are read here, not as sub-dependencies: every authenticated
     # request runs this, and FastAPI's dependency solving costs more than what they do.
     identity, client = _identity_of(request), _client_of(request)
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        await apply_limit(identity, response, f"ip:{client.ip}", identity.limits.ip)
+        await apply_limit(identity, request, f"ip:{client.ip}", identity.limits.ip)
         raise Unauthenticated("Send `Authorization: Bearer <token>`.", headers=_CHALLENGE)
     token = token.strip()
     principal: Principal
     if token.startswith(API_KEY_PREFIX):
         key = await identity.api_keys.authenticate(token)
         if key is None:
-            await apply_limit(identity, response, f"ip:{client.ip}", identity.limits.ip)
+            await apply_limit(identity, request, f"ip:{client.ip}", identity.limits.ip)
             raise Unauthenticated(
                 "The API key is not valid.", code="invalid_api_key", headers=_CHALLENGE
             )
-        await apply_limit(identity, response, f"key:{key.key_id}", identity.limits.api_key)
+        await apply_limit(identity, request, f"key:{key.key_id}", identity.limits.api_key)
         principal = key
     elif identity.oidc is not None and identity.oidc.accepts(token):
         try:
@@ -92,13 +94,13 @@ async def authenticate(request: Request, response: Response) -> Principal:
         user = await identity.accounts.login_external(
             external, auto_provision=identity.settings.oidc_auto_provision, client=client
         )
-        await apply_limit(identity, response, f"user:{user.id}", identity.limits.user)
+        await apply_limit(identity, request, f"user:{user.id}", identity.limits.user)
         principal = UserPrincipal(user.id, None, user.is_instance_admin)
     else:
         try:
             claims = identity.tokens.verify(token)
         except InvalidToken:
-            await apply_limit(identity, response, f"ip:{client.ip}", identity.limits.ip)
+            await apply_limit(identity, request, f"ip:{client.ip}", identity.limits.ip)
             raise Unauthenticated(
                 "The access token is not valid.", code="invalid_token", headers=_CHALLENGE
             ) from None
@@ -106,7 +108,7 @@ async def authenticate(request: Request, response: Response) -> Principal:
             raise Unauthenticated(
                 "The session has ended; sign in again.", code="session_ended", headers=_CHALLENGE
             )
-        await apply_limit(identity, response, f"user:{claims.user_id}", identity.limits.user)
+        await apply_limit(identity, request, f"user:{claims.user_id}", identity.limits.user)
         principal = UserPrincipal(claims.user_id, claims.session_id)
     request.state.principal = principal
     return principal

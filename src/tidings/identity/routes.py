@@ -110,7 +110,7 @@ async def login(
 ) -> TokensOut:
     # A second bucket per account slows guessing one password from many addresses.
     await apply_limit(
-        identity, response, f"login:email:{body.email.strip().lower()}", identity.limits.login
+        identity, request, f"login:email:{body.email.strip().lower()}", identity.limits.login
     )
     pair = await identity.accounts.login(email=body.email, password=body.password, client=client)
     return _tokens(pair, response, request)

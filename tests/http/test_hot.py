@@ -1,0 +1,170 @@
+"""Hot routes: a valid body is answered without FastAPI, anything else exactly as the FastAPI
+route of the same path answers it."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import APIRouter, FastAPI
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from tidings.app import create_app
+from tidings.http.hot import add_hot_post
+from tidings.identity.deps import PrincipalDep, authenticate
+from tidings.settings import Settings
+
+pytestmark = pytest.mark.profiles("embedded")
+
+router = APIRouter(prefix="/api/v1/probe")
+PATH = "/api/v1/probe/boxes/{box_id}/widgets"
+
+
+class Widget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=20)
+    count: int = Field(ge=0)
+
+
+@router.post("/boxes/{box_id}/widgets", status_code=201)
+async def add_widget(box_id: uuid.UUID, widget: Widget, principal: PrincipalDep) -> dict[str, Any]:
+    return {"box": str(box_id), **widget.model_dump(), "by": "fastapi"}
+
+
+@router.get("/boxes/{box_id}/widgets")
+async def list_widgets(box_id: uuid.UUID) -> list[str]:
+    return [str(box_id)]
+
+
+async def add_widget_hot(request: Request, widget: Widget) -> Response:
+    await authenticate(request)
+    box: uuid.UUID = request.path_params["box_id"]
+    return JSONResponse({"box": str(box), **widget.model_dump(), "by": "hot"}, status_code=201)
+
+
+async def _client(settings: Settings, *, hot: bool) -> AsyncIterator[httpx.AsyncClient]:
+    app: FastAPI = create_app(settings, routers=[router])
+    if hot:
+        add_hot_post(app, "/api/v1/probe/boxes/{box_id:uuid}/widgets", Widget, add_widget_hot)
+    async with LifespanManager(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            yield http
+
+
+@pytest.fixture
+async def clients(
+    settings: Settings, tmp_path: Path
+) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    """The probe app with the hot route, and the same app without it (a database of its own)."""
+    apart = settings.model_copy(
+        update={
+            "data_dir": tmp_path / "plain",
+            "database_url": f"sqlite+aiosqlite:///{tmp_path / 'plain.db'}",
+        }
+    )
+    hot, plain = _client(settings, hot=True), _client(apart, hot=False)
+    try:
+        yield await anext(hot), await anext(plain)
+    finally:
+        await hot.aclose()
+        await plain.aclose()
+
+
+async def _bearer(http: httpx.AsyncClient, email: str) -> dict[str, str]:
+    registered = await http.post(
+        "/api/v1/auth/register",
+        json={"email": email, "password": "correct horse battery staple", "display_name": "p"},
+    )
+    return {"Authorization": f"Bearer {registered.json()['tokens']['access_token']}"}
+
+
+def _comparable(response: httpx.Response) -> tuple[int, str, Any]:
+    body = response.json()
+    if isinstance(body, dict):  # what differs between two requests of the same kind
+        body.pop("request_id", None)
+    return response.status_code, response.headers["content-type"], body
+
+
+async def test_a_valid_body_is_answered_by_the_hot_route(
+    clients: tuple[httpx.AsyncClient, httpx.AsyncClient],
+) -> None:
+    hot, plain = clients
+    box = uuid.uuid4()
+    answers = [
+        await http.post(
+            PATH.format(box_id=box),
+            json={"name": "a", "count": 2},
+            headers=await _bearer(http, "hot@example.com"),
+        )
+        for http in (hot, plain)
+    ]
+    assert [(a.status_code, a.json()["by"]) for a in answers] == [(201, "hot"), (201, "fastapi")]
+    assert answers[0].json()["box"] == answers[1].json()["box"] == str(box)
+    # The outer middleware still runs: a request id and the caller's rate limit.
+    for answer in answers:
+        assert answer.headers["x-request-id"]
+        assert answer.headers["ratelimit-limit"]
+
+
+@pytest.mark.parametrize(
+    ("content", "path"),
+    [
+        (b'{"name": "", "count": -1}', None),
+        (b'{"name": "a", "count": 1, "colour": "red"}', None),
+        (b'{"name": ', None),
+        (b"[]", None),
+        (b"", None),
+        (b'{"name": "a", "count": 1}', "/api/v1/probe/boxes/not-a-uuid/widgets"),
+    ],
+)
+async def test_anything_else_is_answered_as_the_fastapi_route_answers_it(
+    clients: tuple[httpx.AsyncClient, httpx.AsyncClient], content: bytes, path: str | None
+) -> None:
+    hot, plain = clients
+    url = path or PATH.format(box_id=uuid.UUID(int=5))
+    answers = []
+    for http in (hot, plain):
+        headers = {**await _bearer(http, "else@example.com"), "content-type": "application/json"}
+        answers.append(_comparable(await http.post(url, content=content, headers=headers)))
+    assert answers[0] == answers[1]
+    assert answers[0][0] == 400
+
+
+async def test_an_invalid_body_is_checked_after_the_caller_as_fastapi_does(
+    clients: tuple[httpx.AsyncClient, httpx.AsyncClient],
+) -> None:
+    hot, plain = clients
+    answers = [
+        _comparable(await http.post(PATH.format(box_id=uuid.UUID(int=5)), json={"name": ""}))
+        for http in (hot, plain)
+    ]
+    assert answers[0] == answers[1]
+    assert answers[0][0] == 401
+
+
+async def test_other_methods_of_the_path_reach_their_routes(
+    clients: tuple[httpx.AsyncClient, httpx.AsyncClient],
+) -> None:
+    hot, plain = clients
+    box = uuid.UUID(int=9)
+    for http in (hot, plain):
+        assert (await http.get(PATH.format(box_id=box))).json() == [str(box)]
+    deletes = [_comparable(await http.delete(PATH.format(box_id=box))) for http in (hot, plain)]
+    assert deletes[0] == deletes[1]
+    assert deletes[0][0] == 405
+
+
+async def test_the_hot_route_is_named_by_the_fastapi_template(settings: Settings) -> None:
+    app = create_app(settings, routers=[router])
+    add_hot_post(app, "/api/v1/probe/boxes/{box_id:uuid}/widgets", Widget, add_widget_hot)
+    first = app.router.routes[0]
+    assert getattr(first, "path", None) == PATH
+    assert PATH in app.openapi()["paths"]
