@@ -91,6 +91,10 @@ def create_app(
         version=__version__,
         summary="Self-hosted messaging: chat, conversations, send API, automation, events.",
         lifespan=lifespan,
+        # Tidings reports through Prometheus metrics and its logs and ships no OpenTelemetry
+        # SDK, so FastAPI's native telemetry could only find the no-op providers: asking costs
+        # two environment lookups per request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.runtime = runtime
     app.state.settings = settings
