@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -12,13 +15,23 @@ from tidings.db.database import Database
 pytestmark = pytest.mark.profiles("scaled")
 
 
-async def _backend_pids(db: Database, count: int) -> set[int]:
-    """Check out `count` pooled connections at once; their server process ids."""
+def _opener(db: Database, kind: str) -> Callable[[], AbstractAsyncContextManager[Any]]:
+    openers: dict[str, Callable[[], AbstractAsyncContextManager[Any]]] = {
+        "transaction": db.transaction,
+        "read": db.read,
+        "write_connection": db.write_connection,
+    }
+    return openers[kind]
+
+
+async def _backend_pids(db: Database, count: int, kind: str = "transaction") -> set[int]:
+    """Check out `count` pooled connections at once (through `kind`); their server process
+    ids."""
     pids: set[int] = set()
     entered = asyncio.Barrier(count)
 
     async def hold() -> None:
-        async with db.transaction() as session:
+        async with _opener(db, kind)() as session:
             pids.add(int(await session.scalar(text("SELECT pg_backend_pid()"))))
             await entered.wait()
 
@@ -26,8 +39,9 @@ async def _backend_pids(db: Database, count: int) -> set[int]:
     return pids
 
 
+@pytest.mark.parametrize("kind", ["transaction", "read", "write_connection"])
 async def test_pooled_connections_to_a_restarted_server_are_replaced_without_an_error(
-    database_url: str,
+    database_url: str, kind: str
 ) -> None:
     db = Database(database_url, pool_size=4)
     try:
@@ -39,8 +53,8 @@ async def test_pooled_connections_to_a_restarted_server_are_replaced_without_an_
                     "WHERE datname = current_database() AND pid <> pg_backend_pid()"
                 )
             )
-        # At once, not after some idle time: every checkout is checked.
-        after = await _backend_pids(db, 4)
+        # At once, not after some idle time: every checkout is checked (by its BEGIN).
+        after = await _backend_pids(db, 4, kind)
         assert len(after) == 4
         assert len(after & before) <= 1  # at most the survivor that ran the kill
     finally:

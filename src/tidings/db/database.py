@@ -96,6 +96,10 @@ def after_commit(session: AsyncSession, callback: AfterCommit, *, key: str | Non
     callbacks[key if key is not None else object()] = callback
 
 
+# Two would do (see `Database._begin`); a third covers a restart during the retry.
+_BEGIN_ATTEMPTS = 3
+
+
 class Database:
     def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
         self.url: URL = make_url(url)
@@ -115,9 +119,9 @@ class Database:
                 self.url,
                 pool_size=pool_size,
                 max_overflow=pool_size,
-                # A round trip per checkout, but a restarted server costs no request an error
-                # (pinging only connections idle for a while failed a submit right after one).
-                pool_pre_ping=True,
+                # No pre-ping (BEGIN, an empty query and ROLLBACK: three round trips per
+                # checkout): each transaction sends its BEGIN at once instead, and a connection
+                # the server dropped fails it before anything ran (`_begin`).
                 echo=echo,
             )
             self.read_engine = self.write_engine
@@ -172,15 +176,15 @@ class Database:
         lock: contextlib.AbstractAsyncContextManager[Any] = (
             self._write_lock if self._write_lock is not None else contextlib.nullcontext()
         )
-        session = self._writer(info={_HOOKS_KEY: self.hooks})
         committed = False
-        try:
-            async with lock:
+        async with lock:
+            session = await self._begun(self._writer, info={_HOOKS_KEY: self.hooks})
+            try:
                 yield session
                 await session.commit()
                 committed = True
-        finally:
-            await session.close()
+            finally:
+                await session.close()
         if committed:
             await _run_after_commit(session)
 
@@ -195,8 +199,16 @@ class Database:
         lock: contextlib.AbstractAsyncContextManager[Any] = (
             self._write_lock if self._write_lock is not None else contextlib.nullcontext()
         )
-        async with lock, self.write_engine.begin() as conn:
-            yield conn
+        async with lock:
+            for attempt in range(1, _BEGIN_ATTEMPTS + 1):
+                async with self.write_engine.connect() as conn:
+                    if not self.is_sqlite and not await self._begin(
+                        conn, last=attempt == _BEGIN_ATTEMPTS
+                    ):
+                        continue
+                    async with conn.begin():
+                        yield conn
+                    return
 
     @asynccontextmanager
     async def driver_connection(self) -> AsyncIterator[Any]:
@@ -256,8 +268,44 @@ class Database:
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
         """A read-only session (on SQLite it never takes the write lock)."""
-        async with self._reader() as session:
+        session = await self._begun(self._reader)
+        async with session:
             yield session
+
+    async def _begun(self, sessions: async_sessionmaker[AsyncSession], **kw: Any) -> AsyncSession:
+        """A new session; on PostgreSQL with its transaction begun (`_begin`)."""
+        if self.is_sqlite:
+            return sessions(**kw)
+        for attempt in range(1, _BEGIN_ATTEMPTS + 1):
+            session = sessions(**kw)
+            try:
+                if await self._begin(await session.connection(), last=attempt == _BEGIN_ATTEMPTS):
+                    return session
+            except BaseException:
+                await session.close()
+                raise
+            await session.close()
+        raise AssertionError("unreachable: the last attempt raises")  # pragma: no cover
+
+    async def _begin(self, connection: AsyncConnection, *, last: bool) -> bool:
+        """PostgreSQL: send the transaction's BEGIN now, through SQLAlchemy's asyncpg adapter
+        (which otherwise sends it before the first statement, so it still knows the
+        transaction and commits or rolls it back). It doubles as the liveness check that
+        pre-ping made with three round trips: a connection the server dropped (a restart)
+        fails it before anything ran, and False asks for another connection. Every pooled
+        connection opened before that one is then replaced at its next checkout, as SQLAlchemy
+        does on a disconnect, so one retry is enough. Checked against SQLAlchemy 2.1.9:
+        `_start_transaction` is the adapter's own (private) method for this."""
+        raw = await connection.get_raw_connection()
+        adapter: Any = raw.dbapi_connection
+        try:
+            await adapter._start_transaction()
+        except Exception:
+            if last or not adapter._connection.is_closed():
+                raise
+            self.write_engine.pool._invalidate(raw)
+            return False
+        return True
 
     async def ping(self) -> None:
         async with self.read_engine.connect() as conn:
