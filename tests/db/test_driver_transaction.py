@@ -87,3 +87,35 @@ async def test_more_rows_than_one_sqlite_statement_binds_are_all_written(
         assert last == 1667  # 5,000 events over three streams: 1,667 + 1,667 + 1,666
     finally:
         await db.dispose()
+
+
+async def test_events_of_interleaved_streams_are_numbered_per_stream_in_their_order(
+    database_url: str,
+) -> None:
+    """One emit of events on several streams, interleaved: each stream's sequences follow on
+    from its last, in the order given, and positions follow that order too."""
+    db = Database(database_url)
+    try:
+        streams = ["s:a", "s:b", "s:a", "s:c", "s:b", "s:a"]
+        written = []
+        for round_ in range(2):
+            async with db.driver_transaction() as conn:
+                written += await event_store.emit_many(
+                    conn,
+                    db.dialect,
+                    [
+                        NewEvent("t", key, {"round": round_, "i": i})
+                        for i, key in enumerate(streams)
+                    ],
+                )
+        assert [(e.stream_key, e.stream_seq) for e in written] == [
+            ("s:a", 1), ("s:b", 1), ("s:a", 2), ("s:c", 1), ("s:b", 2), ("s:a", 3),
+            ("s:a", 4), ("s:b", 3), ("s:a", 5), ("s:c", 2), ("s:b", 4), ("s:a", 6),
+        ]  # fmt: skip
+        async with db.read() as session:
+            rows = (await session.scalars(select(Event).order_by(Event.position))).all()
+        assert [(r.id, r.stream_key, r.stream_seq, r.payload["i"]) for r in rows] == [
+            (e.id, e.stream_key, e.stream_seq, i % len(streams)) for i, e in enumerate(written)
+        ]
+    finally:
+        await db.dispose()

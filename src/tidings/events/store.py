@@ -11,13 +11,14 @@ after its COMMIT (`Database.hooks.events_committed`).
 from __future__ import annotations
 
 import functools
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tidings.db import sqlite_values as sv
-from tidings.db.base import utcnow
+from tidings.db.base import new_id, utcnow
 from tidings.db.database import CommitHooks, after_commit, driver_of, hooks_of
 from tidings.events.service import (
     PG_ADVANCE_SQL,
@@ -30,10 +31,21 @@ from tidings.events.service import (
 
 _COLUMN_NAMES = ("id", "type", "workspace_id", "stream_key", "stream_seq", "payload", "occurred_at")
 _COLUMNS = ", ".join(_COLUMN_NAMES)
-_PG_ADVANCE = PG_ADVANCE_SQL.format(keys="$1", counts="$2")
-_PG_INSERT = (
-    f"INSERT INTO events ({_COLUMNS}) SELECT * FROM unnest($1::uuid[], $2::varchar[], "
-    "$3::uuid[], $4::varchar[], $5::bigint[], $6::jsonb[], $7::timestamptz[])"
+# One statement, one round trip: the streams advanced (locked in the order of $1, sorted), then
+# the events inserted in their order, the nth event of a stream in this transaction numbered
+# last_seq - count + n. What `sequenced` does for SQLite, where a statement costs no trip.
+_PG_EMIT = (
+    f"WITH advanced AS ({PG_ADVANCE_SQL.format(keys='$1', counts='$2')}), "
+    "incoming AS ("
+    "SELECT e.*, row_number() OVER (PARTITION BY e.stream_key ORDER BY e.nth) AS rank, "
+    "count(*) OVER (PARTITION BY e.stream_key) AS total "
+    "FROM unnest($3::uuid[], $4::varchar[], $5::uuid[], $6::varchar[], $7::jsonb[]) "
+    "WITH ORDINALITY AS e(id, type, workspace_id, stream_key, payload, nth)) "
+    f"INSERT INTO events ({_COLUMNS}) "
+    "SELECT i.id, i.type, i.workspace_id, i.stream_key, a.last_seq - i.total + i.rank, "
+    "i.payload, $8::timestamptz "
+    "FROM incoming i JOIN advanced a ON a.stream_key = i.stream_key ORDER BY i.nth "
+    "RETURNING id, stream_seq"
 )
 _SQLITE_ADVANCE = SQLITE_ADVANCE_SQL.format(streams="?")
 _WAKE_KEY = "events_committed"
@@ -56,19 +68,31 @@ async def emit_many(
         return []
     ordered = sorted(counts)  # streams are locked in this order: no deadlock between writers
     if dialect == "postgresql":
-        rows = await conn.fetch(_PG_ADVANCE, ordered, [counts[key] for key in ordered])
-        events = sequenced(new_events, counts, {row[0]: row[1] for row in rows}, utcnow())
-        await conn.execute(
-            _PG_INSERT,
-            [e.id for e in events],
-            [e.type for e in events],
-            [e.workspace_id for e in events],
-            [e.stream_key for e in events],
-            [e.stream_seq for e in events],
-            [sv.json_text(e.payload) for e in events],
-            [e.occurred_at for e in events],
+        ids, now = [new_id() for _ in new_events], utcnow()
+        rows = await conn.fetch(
+            _PG_EMIT,
+            ordered,
+            [counts[key] for key in ordered],
+            ids,
+            [e.type for e in new_events],
+            [e.workspace_id for e in new_events],
+            [e.stream_key for e in new_events],
+            [sv.json_text(e.payload) for e in new_events],
+            now,
         )
-        return events
+        seqs: dict[uuid.UUID, int] = dict(rows)
+        return [
+            WrittenEvent(
+                id=event_id,
+                type=e.type,
+                workspace_id=e.workspace_id,
+                stream_key=e.stream_key,
+                stream_seq=seqs[event_id],
+                payload=e.payload,
+                occurred_at=now,
+            )
+            for event_id, e in zip(ids, new_events, strict=True)
+        ]
     streams = sv.json_text({key: counts[key] for key in ordered})
     rows = await conn.execute_fetchall(_SQLITE_ADVANCE, (streams,))
     events = sequenced(new_events, counts, {key: int(seq) for key, seq in rows}, utcnow())
