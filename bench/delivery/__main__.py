@@ -18,7 +18,10 @@ a BullMQ peer (a Node HTTP front end calling `queue.add`/`addBulk`, and Node Bul
    each. The ceiling is concurrency x processes ÷ provider delay.
 3. **Latency**: `--latency-rate` single sends/s, open loop, for `--latency-seconds` (+2 s
    discarded), provider answering after `--provider-delay-ms`; accept (the 202) → the provider
-   received the delivery, p50/p99, and the API latency from the intended send time.
+   received the delivery, p50/p99, and the API latency from the intended send time. Scaled is
+   measured twice: with one `tidings worker` process, and with the worker inside `serve`
+   (`tidings-scaled-serve-worker`, TIDINGS_SERVE_RUNS_WORKER=true), where an accepted job is
+   handed to the worker in memory (still leased in PostgreSQL) instead of through the stream.
 """
 
 from __future__ import annotations
@@ -70,7 +73,9 @@ PRELOAD_CHUNK = 500
 TARGET_BATCH_VS_SINGLE = 10.0
 TARGET_VS_BULLMQ = 1.0
 TARGET_OF_CEILING = 0.9
-SYSTEMS = ("tidings-embedded", "tidings-scaled", "bullmq")
+# The scaled profile with its worker inside `serve` (TIDINGS_SERVE_RUNS_WORKER=true): latency only.
+SCALED_IN_SERVE = "tidings-scaled-serve-worker"
+SYSTEMS = ("tidings-embedded", "tidings-scaled", SCALED_IN_SERVE, "bullmq")
 LOG_DIR: Path | None = None  # where the processes' logs go (kept with the results)
 PARTIAL: Path | None = None  # rounds so far, rewritten after every system
 
@@ -248,7 +253,13 @@ class DeliveryStores(Stores):
 
 
 def _tidings_env(
-    database_url: str, data_dir: Path, redis: tuple[str, str] | None, port: int, concurrency: int
+    database_url: str,
+    data_dir: Path,
+    redis: tuple[str, str] | None,
+    port: int,
+    concurrency: int,
+    *,
+    worker_in_serve: bool = False,
 ) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
     env.update(
@@ -272,6 +283,8 @@ def _tidings_env(
     )
     if redis is not None:
         env.update(TIDINGS_REDIS_URL=redis[0], TIDINGS_REDIS_PREFIX=redis[1])
+    if worker_in_serve:
+        env.update(TIDINGS_SERVE_RUNS_WORKER="true")
     return env
 
 
@@ -319,13 +332,23 @@ class TidingsStack:
 
 @contextlib.asynccontextmanager
 async def tidings_stack(
-    stores: DeliveryStores, profile: str, params: Params, provider: Provider
+    stores: DeliveryStores,
+    profile: str,
+    params: Params,
+    provider: Provider,
+    *,
+    worker_in_serve: bool = False,
 ) -> AsyncIterator[TidingsStack]:
     deployment = await stores.fresh(profile)
     port = free_port()
     redis = (deployment.redis_url, deployment.redis_prefix) if deployment.redis_url else None
     env = _tidings_env(
-        deployment.database_url, deployment.data_dir, redis, port, params.worker_jobs
+        deployment.database_url,
+        deployment.data_dir,
+        redis,
+        port,
+        params.worker_jobs,
+        worker_in_serve=worker_in_serve,
     )
     log_dir = LOG_DIR or deployment.data_dir
     name = f"{profile}-{deployment.data_dir.name}"
@@ -729,6 +752,15 @@ async def run_tidings(
 ) -> dict[str, Any]:
     """Fills `out` as it goes: a failure keeps what was measured before it."""
     await provider.control("reset")
+    if profile == SCALED_IN_SERVE.removeprefix("tidings-"):
+        # The scaled profile with the worker inside `serve` (TIDINGS_SERVE_RUNS_WORKER): only
+        # the latency differs (an accepted job is handed to the worker in memory, still
+        # leased in PostgreSQL); deliveries/s are measured with worker processes.
+        if "latency" in params.sections:
+            out["latency"] = await _tidings_latency(
+                stores, "scaled", provider, params, log_dir, worker_in_serve=True
+            )
+        return out
     if "accept" in params.sections:
         async with tidings_stack(stores, profile, params, provider) as stack:
             out["accept"] = await measure_accept(
@@ -770,23 +802,37 @@ async def run_tidings(
                 ],
             )
     if "latency" in params.sections:
-        async with tidings_stack(stores, profile, params, provider) as stack:
-            if profile == "scaled":
-                await stack.start_workers(1)
-            out["latency"] = await measure_latency(
-                provider,
-                stack.base,
-                stack.key,
-                stack.pids,
-                params,
-                log_dir / "load.log",
-                profile=[
-                    (f"{stack.name}-latency-{name}", pid)
-                    for name, pid in [("serve", stack.serve.pid)]
-                    + [(f"worker{i}", pid) for i, pid in enumerate(stack.worker_pids)]
-                ],
-            )
+        out["latency"] = await _tidings_latency(stores, profile, provider, params, log_dir)
     return out
+
+
+async def _tidings_latency(
+    stores: DeliveryStores,
+    profile: str,
+    provider: Provider,
+    params: Params,
+    log_dir: Path,
+    *,
+    worker_in_serve: bool = False,
+) -> dict[str, Any]:
+    async with tidings_stack(
+        stores, profile, params, provider, worker_in_serve=worker_in_serve
+    ) as stack:
+        if profile == "scaled" and not worker_in_serve:
+            await stack.start_workers(1)
+        return await measure_latency(
+            provider,
+            stack.base,
+            stack.key,
+            stack.pids,
+            params,
+            log_dir / "load.log",
+            profile=[
+                (f"{stack.name}-latency-{name}", pid)
+                for name, pid in [("serve", stack.serve.pid)]
+                + [(f"worker{i}", pid) for i, pid in enumerate(stack.worker_pids)]
+            ],
+        )
 
 
 async def run_bullmq(
@@ -840,7 +886,10 @@ async def run_bullmq(
 
 async def run(params: Params, log_dir: Path) -> dict[str, Any]:
     stores = DeliveryStores(new_run_tag())
-    systems = [f"tidings-{p}" for p in params.profiles] + (["bullmq"] if params.peer else [])
+    systems = [f"tidings-{p}" for p in params.profiles]
+    if "scaled" in params.profiles and "latency" in params.sections:
+        systems.append(SCALED_IN_SERVE)
+    systems += ["bullmq"] if params.peer else []
     rounds: list[dict[str, Any]] = []
     provider: Provider | None = None
     try:
@@ -1049,7 +1098,8 @@ def render(results: dict[str, Any]) -> str:
     lines += [
         "",
         f"Latency at {params['latency_rate']:g} sends/s open loop, {params['latency_seconds']:g} s "
-        f"(provider answers after {params['provider_delay_ms']:g} ms; 1 worker)",
+        f"(provider answers after {params['provider_delay_ms']:g} ms; one worker: a process of "
+        f"its own, or inside `serve` for {SCALED_IN_SERVE})",
         "",
         "| system | accept→receipt p50 ms | p99 ms | max ms | p99 vs BullMQ (≤ 1.0x) "
         "| API p50 ms | API p99 ms | reached the provider (answers + 30 s) |",
