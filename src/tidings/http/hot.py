@@ -67,10 +67,17 @@ def add_hot_post(app: FastAPI, path: str, model: type[BodyT], handle: HotHandler
     path (which must exist, and answers everything else)."""
     plain = _CONVERTOR.sub("}", path)
     fallback = next(
-        route
-        for route in app.router.routes
-        if isinstance(route, APIRoute) and route.path == plain and "POST" in (route.methods or ())
+        (
+            route
+            for route in app.router.routes
+            if isinstance(route, APIRoute)
+            and route.path == plain
+            and "POST" in (route.methods or ())
+        ),
+        None,
     )
+    if fallback is None:
+        raise LookupError(f"no FastAPI route answers POST {plain}: a hot route needs one")
     hot = Route(path, _HotEndpoint(model, handle, fallback), methods=["POST"])
     # Metrics and logs name the route by its template: the FastAPI route's, for both.
     hot.path = fallback.path
