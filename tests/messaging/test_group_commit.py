@@ -13,6 +13,8 @@ from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from tests.support.users import add_member, create_api_key, create_workspace, register
+from tidings.identity.policy import UserPrincipal
+from tidings.messaging.messages import Draft
 from tidings.messaging.models import ConversationMember, Message
 
 
@@ -174,3 +176,33 @@ async def test_a_batch_of_many_senders_checks_each_and_moves_each_read_position(
     for user_id, seq in own_last.items():
         assert positions[uuid.UUID(user_id)] == seq
     assert sorted(r.json()["seq"] for r in [*responses[:12], responses[14]]) == list(range(1, 14))
+
+
+async def test_sends_a_few_loop_turns_apart_share_one_transaction(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """Requests parsed together reach the queue a few loop turns apart (their body, the
+    caller's check): the writer lets them queue before it takes a batch."""
+    owner = await register(client)
+    workspace = await create_workspace(client, owner)
+    created = await client.post(
+        f"/api/v1/workspaces/{workspace}/conversations",
+        json={"kind": "public", "name": "turns"},
+        headers=owner.headers,
+    )
+    conversation = uuid.UUID(created.json()["id"])
+    messages = app.state.runtime.messaging.messages
+    principal = UserPrincipal(uuid.UUID(owner.id), uuid.UUID(owner.session_id))
+
+    async def send_after(turns: int, index: int) -> int:
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        sent = await messages.send(principal, conversation, Draft(body=f"turn {index}"))
+        seq: int = sent.message["seq"]
+        return seq
+
+    count_before, total_before = _batches()
+    seqs = await asyncio.gather(*(send_after(index % 4, index) for index in range(12)))
+    count_after, total_after = _batches()
+    assert sorted(seqs) == list(range(1, 13))
+    assert (count_after - count_before, total_after - total_before) == (1, 12)
