@@ -35,7 +35,12 @@ class Mentions:
         return {"users": [str(u) for u in self.users], "channel": self.channel, "here": self.here}
 
 
+_NO_MENTIONS = Mentions()
+
+
 def parse_mentions(body: str) -> Mentions:
+    if "@" not in body:  # every mention has one (`<@id>`, `@channel`, `@here`): most bodies
+        return _NO_MENTIONS
     text = _CODE_SPAN.sub(" ", _FENCE.sub(" ", body))
     users: dict[uuid.UUID, None] = {}
     for match in _USER.finditer(text):
