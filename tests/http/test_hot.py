@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from tests.support.users import register
 from tidings.app import create_app
 from tidings.http.hot import add_hot_post
 from tidings.identity.deps import PrincipalDep, authenticate
@@ -78,14 +79,6 @@ async def clients(
         await plain.aclose()
 
 
-async def _bearer(http: httpx.AsyncClient, email: str) -> dict[str, str]:
-    registered = await http.post(
-        "/api/v1/auth/register",
-        json={"email": email, "password": "correct horse battery staple", "display_name": "p"},
-    )
-    return {"Authorization": f"Bearer {registered.json()['tokens']['access_token']}"}
-
-
 def _comparable(response: httpx.Response) -> tuple[int, str, Any]:
     body = response.json()
     if isinstance(body, dict):  # what differs between two requests of the same kind
@@ -102,7 +95,7 @@ async def test_a_valid_body_is_answered_by_the_hot_route(
         await http.post(
             PATH.format(box_id=box),
             json={"name": "a", "count": 2},
-            headers=await _bearer(http, "hot@example.com"),
+            headers=(await register(http)).headers,
         )
         for http in (hot, plain)
     ]
@@ -132,7 +125,7 @@ async def test_anything_else_is_answered_as_the_fastapi_route_answers_it(
     url = path or PATH.format(box_id=uuid.UUID(int=5))
     answers = []
     for http in (hot, plain):
-        headers = {**await _bearer(http, "else@example.com"), "content-type": "application/json"}
+        headers = {**(await register(http)).headers, "content-type": "application/json"}
         answers.append(_comparable(await http.post(url, content=content, headers=headers)))
     assert answers[0] == answers[1]
     assert answers[0][0] == 400

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 
+from tests.support.messaging import create_channel
 from tests.support.users import add_member, create_api_key, create_workspace, register
 from tidings.identity.policy import UserPrincipal
 from tidings.messaging.messages import Draft
@@ -185,12 +186,7 @@ async def test_sends_a_few_loop_turns_apart_share_one_transaction(
     caller's check): the writer lets them queue before it takes a batch."""
     owner = await register(client)
     workspace = await create_workspace(client, owner)
-    created = await client.post(
-        f"/api/v1/workspaces/{workspace}/conversations",
-        json={"kind": "public", "name": "turns"},
-        headers=owner.headers,
-    )
-    conversation = uuid.UUID(created.json()["id"])
+    conversation = uuid.UUID((await create_channel(client, owner.headers, workspace))["id"])
     messages = app.state.runtime.messaging.messages
     principal = UserPrincipal(uuid.UUID(owner.id), uuid.UUID(owner.session_id))
 

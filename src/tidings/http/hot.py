@@ -20,7 +20,9 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
+
+from tidings.http.middleware import replay_body
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
 HotHandler = Callable[[Request, BodyT], Awaitable[Response]]
@@ -49,16 +51,7 @@ class _HotEndpoint(Generic[BodyT]):
         match, child_scope = self.fallback.matches(scope)
         if match is not Match.FULL:  # the two paths are the same: a bug, not a request
             raise RuntimeError(f"{self.fallback.path} does not match {scope['path']}")
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": raw, "more_body": False}
-
-        await self.fallback.handle({**scope, **child_scope}, replay, send)
+        await self.fallback.handle({**scope, **child_scope}, replay_body(raw, receive), send)
 
 
 def add_hot_post(app: FastAPI, path: str, model: type[BodyT], handle: HotHandler[BodyT]) -> None:

@@ -48,6 +48,21 @@ def _limit_headers(scope: Scope, headers: list[tuple[bytes, bytes]]) -> list[tup
     return [(key.encode(), value.encode()) for key, value in decision.headers().items()]
 
 
+def replay_body(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that hands the app `body`, read already, as one message, then whatever the
+    client sends next (its disconnect)."""
+    delivered = False
+
+    async def replay() -> Message:
+        nonlocal delivered
+        if delivered:
+            return await receive()
+        delivered = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
 class RequestContextMiddleware:
     """Gives every request an id (the client's if well-formed), echoes it, adds the RateLimit-*
     headers of the request's rate limit, logs the request, records its latency, and turns an
@@ -172,16 +187,7 @@ class BodyGuardMiddleware:
             )
             await response(scope, receive, send)
             return
-        delivered = False
-
-        async def replay() -> Message:
-            nonlocal delivered
-            if delivered:
-                return await receive()
-            delivered = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replay_body(body, receive), send)
 
     def _needs_json(self, scope: Scope) -> bool:
         path: str = scope["path"]

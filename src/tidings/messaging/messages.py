@@ -191,7 +191,7 @@ class Messages:
 
     async def _write_queued(self) -> None:
         # Runs while sends are queued: whatever queued up during one commit goes in the next,
-        # so a lone send waits for nobody and a crowd shares each fsync.
+        # so a lone send waits for nobody (a loop turn) and a crowd shares each fsync.
         try:
             while self._queue:
                 await self._let_queue_settle()
