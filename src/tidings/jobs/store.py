@@ -14,13 +14,14 @@ reads the ORM's. Everything else about jobs stays on SQLAlchemy.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from tidings.db.sqlite_values import hex_array, insert_rows, read_time, to_time
+import orjson
+
+from tidings.db.sqlite_values import hex_array, insert_rows, json_text, read_time, to_time
 
 _COLUMN_NAMES = (
     "id",
@@ -96,7 +97,7 @@ class _SqliteStore:
             (
                 row["id"].hex,
                 row["name"],
-                json.dumps(row["payload"]),
+                json_text(row["payload"]),
                 row["status"],
                 row["dedupe_key"],
                 to_time(row["run_at"]),
@@ -115,7 +116,7 @@ class _SqliteStore:
         return {uuid.UUID(hex=r[0]) for r in returned}
 
     async def active_by_key(self, conn: Any, keys: Sequence[str]) -> dict[str, uuid.UUID]:
-        found = await conn.execute_fetchall(_SQLITE_ACTIVE_BY_KEY, (json.dumps(list(keys)),))
+        found = await conn.execute_fetchall(_SQLITE_ACTIVE_BY_KEY, (json_text(list(keys)),))
         return {key: uuid.UUID(hex=job_id) for key, job_id in found}
 
     async def claim(
@@ -126,7 +127,7 @@ class _SqliteStore:
             (
                 uuid.UUID(hex=job_id),
                 name,
-                json.loads(payload),
+                orjson.loads(payload),
                 attempts,
                 max_attempts,
                 read_time(run_at),
@@ -172,7 +173,7 @@ class _PostgresStore:
             _PG_INSERT,
             [row["id"] for row in rows],
             [row["name"] for row in rows],
-            [json.dumps(row["payload"]) for row in rows],
+            [json_text(row["payload"]) for row in rows],
             [row["status"] for row in rows],
             [row["dedupe_key"] for row in rows],
             [row["run_at"] for row in rows],
