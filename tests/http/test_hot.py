@@ -143,6 +143,22 @@ async def test_an_invalid_body_is_checked_after_the_caller_as_fastapi_does(
     assert answers[0][0] == 401
 
 
+async def test_a_problem_raised_by_the_hot_handler_is_answered_as_the_route_would(
+    clients: tuple[httpx.AsyncClient, httpx.AsyncClient],
+) -> None:
+    """A valid body without a caller: the hot handler itself raises (401), and the app's
+    problem handlers answer it as they answer the FastAPI route's."""
+    hot, plain = clients
+    answers = [
+        await http.post(PATH.format(box_id=uuid.UUID(int=5)), json={"name": "a", "count": 1})
+        for http in (hot, plain)
+    ]
+    assert _comparable(answers[0]) == _comparable(answers[1])
+    assert answers[0].status_code == 401
+    assert answers[0].headers["www-authenticate"] == answers[1].headers["www-authenticate"]
+    assert answers[0].headers["ratelimit-limit"] == answers[1].headers["ratelimit-limit"]
+
+
 async def test_other_methods_of_the_path_reach_their_routes(
     clients: tuple[httpx.AsyncClient, httpx.AsyncClient],
 ) -> None:
