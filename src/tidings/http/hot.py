@@ -19,13 +19,15 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Match, Route
+from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Receive, Scope, Send
 
 from tidings.http.middleware import replay_body
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
-HotHandler = Callable[[Request, BodyT], Awaitable[Response]]
+# None: not for the hot route (say, a header the FastAPI route would refuse); only before the
+# handler has done anything, since the FastAPI route then handles the request from the start.
+HotHandler = Callable[[Request, BodyT], Awaitable[Response | None]]
 
 _CONVERTOR = re.compile(r":\w+}")
 
@@ -45,6 +47,9 @@ class _HotEndpoint(Generic[BodyT]):
             await self._delegate(scope, receive, send, raw)
             return
         response = await self.handle(request, body)
+        if response is None:
+            await self._delegate(scope, receive, send, raw)
+            return
         await response(scope, receive, send)
 
     async def _delegate(self, scope: Scope, receive: Receive, send: Send, raw: bytes) -> None:
@@ -54,10 +59,15 @@ class _HotEndpoint(Generic[BodyT]):
         await self.fallback.handle({**scope, **child_scope}, replay_body(raw, receive), send)
 
 
+def is_hot(route: BaseRoute) -> bool:
+    """Whether `route` is a hot route (`add_hot_post`)."""
+    return isinstance(route, Route) and isinstance(route.app, _HotEndpoint)
+
+
 def add_hot_post(app: FastAPI, path: str, model: type[BodyT], handle: HotHandler[BodyT]) -> None:
     """Answer `POST path` (with Starlette convertors, e.g. `{id:uuid}`) with `handle(request,
-    body)` when the body validates as `model`, in front of the app's FastAPI route of the same
-    path (which must exist, and answers everything else)."""
+    body)` when the body validates as `model` and `handle` takes it, in front of the app's
+    FastAPI route of the same path (which must exist, and answers everything else)."""
     plain = _CONVERTOR.sub("}", path)
     fallback = next(
         (

@@ -26,10 +26,10 @@ _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="tidings"'}
 
 
 async def get_identity(request: Request) -> Identity:
-    return _identity_of(request)
+    return identity_of(request)
 
 
-def _identity_of(request: Request) -> Identity:
+def identity_of(request: Request) -> Identity:
     identity: Identity = request.app.state.runtime.identity
     return identity
 
@@ -38,10 +38,10 @@ IdentityDep = Annotated[Identity, Depends(get_identity)]
 
 
 async def client_info(request: Request) -> ClientInfo:
-    return _client_of(request)
+    return client_of(request)
 
 
-def _client_of(request: Request) -> ClientInfo:
+def client_of(request: Request) -> ClientInfo:
     return ClientInfo(
         ip=request.client.host if request.client else None,
         user_agent=request.headers.get("user-agent"),
@@ -70,7 +70,7 @@ def limit_by_ip(rate_name: str) -> Callable[..., Awaitable[None]]:
 async def authenticate(request: Request) -> Principal:
     # The identity and the client are read here, not as sub-dependencies: every authenticated
     # request runs this, and FastAPI's dependency solving costs more than what they do.
-    identity, client = _identity_of(request), _client_of(request)
+    identity, client = identity_of(request), client_of(request)
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         await apply_limit(identity, request, f"ip:{client.ip}", identity.limits.ip)

@@ -1,0 +1,136 @@
+"""`POST /api/v1/messages` through its hot route answers as its FastAPI route does: the same
+app without hot routes is the reference, request by request."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+
+from tests.delivery.providers.webhook import WebhookReceiver
+from tests.delivery.send.conftest import Team, add_webhook
+from tests.support.users import create_api_key, create_workspace, register
+from tidings.app import create_app
+from tidings.http.hot import is_hot
+from tidings.settings import Settings
+
+pytestmark = pytest.mark.profiles("embedded")
+
+LATER = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+
+
+async def _client(settings: Settings, *, hot: bool) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings)
+    if not hot:
+        app.router.routes[:] = [route for route in app.router.routes if not is_hot(route)]
+    async with LifespanManager(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            yield http
+
+
+@pytest.fixture
+async def teams(
+    settings: Settings, tmp_path: Path, receiver: WebhookReceiver
+) -> AsyncIterator[list[tuple[httpx.AsyncClient, Team]]]:
+    """The app with its hot routes and the same app without them (a database of its own),
+    each with a team that has a webhook connector named `hook`."""
+    apart = settings.model_copy(
+        update={
+            "data_dir": tmp_path / "plain",
+            "database_url": f"sqlite+aiosqlite:///{tmp_path / 'plain.db'}",
+        }
+    )
+    clients = [_client(settings, hot=True), _client(apart, hot=False)]
+    try:
+        pairs = []
+        for generator in clients:
+            http = await anext(generator)
+            owner = await register(http)
+            workspace_id = await create_workspace(http, owner)
+            key = await create_api_key(http, owner, workspace_id, ["messages:send"])
+            team = Team(owner, workspace_id, key)
+            await add_webhook(http, team, receiver)
+            pairs.append((http, team))
+        yield pairs
+    finally:
+        for generator in clients:
+            await generator.aclose()
+
+
+def _shape(response: httpx.Response) -> tuple[Any, ...]:
+    """What must be equal between the two apps (ids, request ids and times differ)."""
+    body = response.json()
+    if isinstance(body, dict):
+        body = {k: v for k, v in body.items() if k not in {"id", "request_id"}}
+    headers = {
+        name: response.headers.get(name)
+        for name in ("content-type", "idempotent-replayed", "ratelimit-limit")
+    }
+    return response.status_code, headers, body
+
+
+async def _both(
+    teams: list[tuple[httpx.AsyncClient, Team]],
+    body: dict[str, Any] | bytes,
+    *,
+    as_owner: bool = False,
+    **headers: str,
+) -> list[httpx.Response]:
+    answers = []
+    for http, team in teams:
+        auth = team.owner.headers if as_owner else team.key_headers
+        content = body if isinstance(body, bytes) else None
+        answers.append(
+            await http.post(
+                "/api/v1/messages",
+                json=None if content is not None else body,
+                content=content,
+                headers={**auth, "content-type": "application/json", **headers},
+            )
+        )
+    return answers
+
+
+def _hello(**extra: Any) -> dict[str, Any]:
+    return {"to": "https://example.test/inbox", "connector": "hook", "send_at": LATER, **extra}
+
+
+async def test_an_accept_and_its_replay_answer_as_the_fastapi_route(
+    teams: list[tuple[httpx.AsyncClient, Team]],
+) -> None:
+    first = await _both(teams, _hello(content={"text": "hi"}), **{"Idempotency-Key": "k1"})
+    assert _shape(first[0]) == _shape(first[1])
+    assert first[0].status_code == 202
+    assert first[0].json()["status"] == "queued"
+    again = await _both(teams, _hello(content={"text": "hi"}), **{"Idempotency-Key": "k1"})
+    assert _shape(again[0]) == _shape(again[1])
+    assert again[0].headers["idempotent-replayed"] == "true"
+    assert again[0].json()["id"] == first[0].json()["id"]
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "as_owner"),
+    [
+        (_hello(content={"text": "hi"}), {"Idempotency-Key": "k" * 256}, False),  # header
+        (_hello(), {}, False),  # neither content nor template: the service's problem
+        (_hello(content={"text": "hi"}, connector="nope"), {}, False),  # no such connector
+        (_hello(content={"text": "hi"}), {}, True),  # a user names no workspace
+        ({"connector": "hook", "content": {"text": "hi"}}, {}, False),  # no recipient
+        (b'{"to": ', {}, False),  # not JSON
+    ],
+)
+async def test_refusals_answer_as_the_fastapi_route(
+    teams: list[tuple[httpx.AsyncClient, Team]],
+    body: dict[str, Any] | bytes,
+    headers: dict[str, str],
+    as_owner: bool,
+) -> None:
+    answers = await _both(teams, body, as_owner=as_owner, **headers)
+    assert _shape(answers[0]) == _shape(answers[1])
+    assert 400 <= answers[0].status_code < 500
