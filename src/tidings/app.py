@@ -14,8 +14,9 @@ from tidings.audit.routes import router as audit_router
 from tidings.db import migrate
 from tidings.delivery.routes import routers as delivery_routers
 from tidings.delivery.routes import send as send_router
+from tidings.delivery.routes import send_batch_hot
 from tidings.delivery.routes import send_message_hot as send_one_hot
-from tidings.delivery.schemas import SendIn
+from tidings.delivery.schemas import BatchIn, SendIn
 from tidings.delivery.template_routes import templates_router
 from tidings.http.hot import add_hot_post
 from tidings.http.middleware import BodyGuardMiddleware, RequestContextMiddleware
@@ -121,6 +122,7 @@ def create_app(
         _add_routes(app, router)
     # The busiest POSTs skip FastAPI's per-request machinery for a valid body (http/hot.py).
     add_hot_post(app, "/api/v1/messages", SendIn, send_one_hot)
+    add_hot_post(app, "/api/v1/messages/batch", BatchIn, send_batch_hot)
     add_hot_post(
         app, "/api/v1/conversations/{conversation_id:uuid}/messages", MessageIn, send_message_hot
     )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from tidings.delivery.component import Delivery
 from tidings.delivery.connectors.registry import connector_types
@@ -31,6 +33,7 @@ from tidings.delivery.schemas import (
 )
 from tidings.delivery.service import MessageFilter, Sender, SendRequest
 from tidings.delivery.statuses import MessageStatus
+from tidings.http.hot import BodyT, HotHandler
 from tidings.http.problems import Forbidden, NotFound, Problem
 from tidings.identity.accounts import ClientInfo
 from tidings.identity.component import Identity
@@ -131,26 +134,6 @@ async def send_message(
     return await _send_one(delivery, identity, client, principal, body, idempotency)
 
 
-async def send_message_hot(request: Request, body: SendIn) -> Response | None:
-    """`send_message` for a body that validates, as a hot route (tidings.http.hot)."""
-    idempotency = request.headers.get("idempotency-key")
-    if idempotency is not None and len(idempotency) > MAX_IDEMPOTENCY_KEY:
-        return None  # the FastAPI route answers the header's validation error
-    principal = await authenticate(request)
-    delivery: Delivery = request.app.state.runtime.delivery
-    answer = await _send_one(
-        delivery, identity_of(request), client_of(request), principal, body, idempotency
-    )
-    if isinstance(answer, Response):
-        return answer
-    # What FastAPI makes of the route's `AcceptedOut` (its response model, status 202).
-    return Response(
-        answer.model_dump_json(),
-        status_code=status.HTTP_202_ACCEPTED,
-        media_type="application/json",
-    )
-
-
 async def _send_one(
     delivery: Delivery,
     identity: Identity,
@@ -186,6 +169,17 @@ async def send_batch(
     client: ClientDep,
     idempotency: IdempotencyKeyHeader = None,
 ) -> Any:
+    return await _send_many(delivery, identity, client, principal, body, idempotency)
+
+
+async def _send_many(
+    delivery: Delivery,
+    identity: Identity,
+    client: ClientInfo,
+    principal: Principal,
+    body: BatchIn,
+    idempotency: str | None,
+) -> BatchAcceptedOut | JSONResponse:
     sender = await _sender(principal, body.workspace_id, Action.DELIVERY_SEND, identity, client)
     for index, item in enumerate(body.messages):
         if item.workspace_id not in (None, sender.workspace_id):
@@ -206,6 +200,39 @@ async def send_batch(
     if accepted.replayed_status is not None:
         return _replay(accepted.replayed_status, accepted.replayed_body)
     return BatchAcceptedOut(messages=[AcceptedOut.of(m) for m in accepted.messages])
+
+
+def _hot(
+    run: Callable[
+        [Delivery, Identity, ClientInfo, Principal, BodyT, str | None],
+        Awaitable[BaseModel | JSONResponse],
+    ],
+) -> HotHandler[BodyT]:
+    """A send route's hot handler (tidings.http.hot), around what the route itself runs."""
+
+    async def handle(request: Request, body: BodyT) -> Response | None:
+        idempotency = request.headers.get("idempotency-key")
+        if idempotency is not None and len(idempotency) > MAX_IDEMPOTENCY_KEY:
+            return None  # the FastAPI route answers the header's validation error
+        principal = await authenticate(request)
+        delivery: Delivery = request.app.state.runtime.delivery
+        answer = await run(
+            delivery, identity_of(request), client_of(request), principal, body, idempotency
+        )
+        if isinstance(answer, Response):
+            return answer
+        # What FastAPI makes of the route's response model, with the route's status.
+        return Response(
+            answer.model_dump_json(),
+            status_code=status.HTTP_202_ACCEPTED,
+            media_type="application/json",
+        )
+
+    return handle
+
+
+send_message_hot = _hot(_send_one)
+send_batch_hot = _hot(_send_many)
 
 
 @send.get("/{message_id}", summary="A message with every delivery attempt")

@@ -1,8 +1,9 @@
-"""`POST /api/v1/messages` through its hot route answers as its FastAPI route does: the same
-app without hot routes is the reference, request by request."""
+"""`POST /api/v1/messages` and `/batch` through their hot routes answer as their FastAPI
+routes do: the same app without hot routes is the reference, request by request."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -63,11 +64,17 @@ async def teams(
             await generator.aclose()
 
 
+def _without_ids(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_ids(v) for k, v in value.items() if k not in {"id", "request_id"}}
+    if isinstance(value, list):
+        return [_without_ids(v) for v in value]
+    return value
+
+
 def _shape(response: httpx.Response) -> tuple[Any, ...]:
     """What must be equal between the two apps (ids, request ids and times differ)."""
-    body = response.json()
-    if isinstance(body, dict):
-        body = {k: v for k, v in body.items() if k not in {"id", "request_id"}}
+    body = _without_ids(response.json())
     headers = {
         name: response.headers.get(name)
         for name in ("content-type", "idempotent-replayed", "ratelimit-limit")
@@ -80,6 +87,7 @@ async def _both(
     body: dict[str, Any] | bytes,
     *,
     as_owner: bool = False,
+    path: str = "/api/v1/messages",
     **headers: str,
 ) -> list[httpx.Response]:
     answers = []
@@ -88,7 +96,7 @@ async def _both(
         content = body if isinstance(body, bytes) else None
         answers.append(
             await http.post(
-                "/api/v1/messages",
+                path,
                 json=None if content is not None else body,
                 content=content,
                 headers={**auth, "content-type": "application/json", **headers},
@@ -132,5 +140,35 @@ async def test_refusals_answer_as_the_fastapi_route(
     as_owner: bool,
 ) -> None:
     answers = await _both(teams, body, as_owner=as_owner, **headers)
+    assert _shape(answers[0]) == _shape(answers[1])
+    assert 400 <= answers[0].status_code < 500
+
+
+async def test_a_batch_and_its_replay_answer_as_the_fastapi_route(
+    teams: list[tuple[httpx.AsyncClient, Team]],
+) -> None:
+    batch = {"messages": [_hello(content={"text": f"hi {i}"}) for i in range(3)]}
+    first = await _both(teams, batch, path="/api/v1/messages/batch", **{"Idempotency-Key": "b1"})
+    assert _shape(first[0]) == _shape(first[1])
+    assert first[0].status_code == 202
+    assert len(first[0].json()["messages"]) == 3
+    again = await _both(teams, batch, path="/api/v1/messages/batch", **{"Idempotency-Key": "b1"})
+    assert _shape(again[0]) == _shape(again[1])
+    assert again[0].json() == first[0].json()
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        ({"messages": [_hello(content={"text": "hi"})]}, {"Idempotency-Key": "k" * 256}),
+        ({"messages": []}, {}),  # at least one
+        ({"messages": [_hello(content={"text": "hi"}), _hello()]}, {}),  # the second has no content
+        ({"messages": [_hello(content={"text": "hi"}, workspace_id=str(uuid.UUID(int=1)))]}, {}),
+    ],
+)
+async def test_batch_refusals_answer_as_the_fastapi_route(
+    teams: list[tuple[httpx.AsyncClient, Team]], body: dict[str, Any], headers: dict[str, str]
+) -> None:
+    answers = await _both(teams, body, path="/api/v1/messages/batch", **headers)
     assert _shape(answers[0]) == _shape(answers[1])
     assert 400 <= answers[0].status_code < 500
