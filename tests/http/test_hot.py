@@ -10,12 +10,12 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from tests.support.helpers import on_own_database, serving
 from tests.support.users import register
 from tidings.app import create_app
 from tidings.http.hot import add_hot_post
@@ -50,33 +50,18 @@ async def add_widget_hot(request: Request, widget: Widget) -> Response:
     return JSONResponse({"box": str(box), **widget.model_dump(), "by": "hot"}, status_code=201)
 
 
-async def _client(settings: Settings, *, hot: bool) -> AsyncIterator[httpx.AsyncClient]:
-    app: FastAPI = create_app(settings, routers=[router])
-    if hot:
-        add_hot_post(app, "/api/v1/probe/boxes/{box_id:uuid}/widgets", Widget, add_widget_hot)
-    async with LifespanManager(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-            yield http
-
-
 @pytest.fixture
 async def clients(
     settings: Settings, tmp_path: Path
 ) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
     """The probe app with the hot route, and the same app without it (a database of its own)."""
-    apart = settings.model_copy(
-        update={
-            "data_dir": tmp_path / "plain",
-            "database_url": f"sqlite+aiosqlite:///{tmp_path / 'plain.db'}",
-        }
+    hot_app, plain_app = (
+        create_app(settings, routers=[router]),
+        create_app(on_own_database(settings, tmp_path / "plain"), routers=[router]),
     )
-    hot, plain = _client(settings, hot=True), _client(apart, hot=False)
-    try:
-        yield await anext(hot), await anext(plain)
-    finally:
-        await hot.aclose()
-        await plain.aclose()
+    add_hot_post(hot_app, "/api/v1/probe/boxes/{box_id:uuid}/widgets", Widget, add_widget_hot)
+    async with serving(hot_app) as hot, serving(plain_app) as plain:
+        yield hot, plain
 
 
 def _comparable(response: httpx.Response) -> tuple[int, str, Any]:

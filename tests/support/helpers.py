@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TypeVar
 
+import httpx
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+
 from tidings.events.dispatcher import DispatchedEvent
+from tidings.settings import Settings
 
 T = TypeVar("T")
 
@@ -24,6 +31,26 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {within}s (last value: {value!r})")
         await asyncio.sleep(interval)
+
+
+@asynccontextmanager
+async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """`app` started (its lifespan run), and a client that calls it in-process."""
+    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            yield http
+
+
+def on_own_database(settings: Settings, directory: Path) -> Settings:
+    """The same embedded settings on a data directory and database of their own: a second app
+    in the same test, compared with the first."""
+    return settings.model_copy(
+        update={
+            "data_dir": directory / "data",
+            "database_url": f"sqlite+aiosqlite:///{directory / 'tidings.db'}",
+        }
+    )
 
 
 class CollectingConsumer:

@@ -11,10 +11,10 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
 from tests.delivery.providers.webhook import WebhookReceiver
 from tests.delivery.send.conftest import Team, add_webhook
+from tests.support.helpers import on_own_database, serving
 from tests.support.users import create_api_key, create_workspace, register
 from tidings.app import create_app
 from tidings.http.hot import is_hot
@@ -25,33 +25,18 @@ pytestmark = pytest.mark.profiles("embedded")
 LATER = (datetime.now(UTC) + timedelta(days=1)).isoformat()
 
 
-async def _client(settings: Settings, *, hot: bool) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    if not hot:
-        app.router.routes[:] = [route for route in app.router.routes if not is_hot(route)]
-    async with LifespanManager(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-            yield http
-
-
 @pytest.fixture
 async def teams(
     settings: Settings, tmp_path: Path, receiver: WebhookReceiver
 ) -> AsyncIterator[list[tuple[httpx.AsyncClient, Team]]]:
     """The app with its hot routes and the same app without them (a database of its own),
     each with a team that has a webhook connector named `hook`."""
-    apart = settings.model_copy(
-        update={
-            "data_dir": tmp_path / "plain",
-            "database_url": f"sqlite+aiosqlite:///{tmp_path / 'plain.db'}",
-        }
-    )
-    clients = [_client(settings, hot=True), _client(apart, hot=False)]
-    try:
+    hot_app, plain_app = create_app(settings), create_app(on_own_database(settings, tmp_path))
+    plain_app.router.routes[:] = [r for r in plain_app.router.routes if not is_hot(r)]
+    assert [any(is_hot(r) for r in a.router.routes) for a in (hot_app, plain_app)] == [True, False]
+    async with serving(hot_app) as hot, serving(plain_app) as plain:
         pairs = []
-        for generator in clients:
-            http = await anext(generator)
+        for http in (hot, plain):
             owner = await register(http)
             workspace_id = await create_workspace(http, owner)
             key = await create_api_key(http, owner, workspace_id, ["messages:send"])
@@ -59,9 +44,6 @@ async def teams(
             await add_webhook(http, team, receiver)
             pairs.append((http, team))
         yield pairs
-    finally:
-        for generator in clients:
-            await generator.aclose()
 
 
 def _without_ids(value: Any) -> Any:
