@@ -91,10 +91,9 @@ class Sent:
 
 @dataclass(frozen=True)
 class _Written:
-    """A message this batch wrote, with the API form and JSON its event was built from."""
+    """A message this batch wrote, with the JSON (`MessageOut`'s form) its event carries."""
 
     message: WrittenMessage
-    out: MessageOut
     out_json: dict[str, Any]
 
 
@@ -402,9 +401,8 @@ class Messages:
             message = WrittenMessage(**values)
             if mentions.users or mentions.broadcast:
                 mentioned.append((message, mentions))
-            out = events.message_out(message)
-            out_json = events.as_payload(out)
-            written.append(_Written(message, out, out_json))
+            out_json = events.as_payload(events.message_out(message))
+            written.append(_Written(message, out_json))
             payload: dict[str, Any] = {"message": out_json}
             if root is not None:
                 # The conversation row is locked now; the root's row comes after it, as in edits.
@@ -454,7 +452,7 @@ class Messages:
             raise Problem("Reply to the thread's first message.", code="nested_thread")
         return root
 
-    async def post_system(self, conversation_id: uuid.UUID, body: str) -> MessageOut:
+    async def post_system(self, conversation_id: uuid.UUID, body: str) -> None:
         """A message from Tidings itself (welcome messages, notices)."""
         async with self._db.transaction() as session:
             conversation = await session.get(Conversation, conversation_id)
@@ -462,8 +460,7 @@ class Messages:
                 raise conversation_not_found()
             access = SendAccess(ConversationRef.of(conversation), None, False, SYSTEM_SENDER_NAME)
             sender = Sender(SenderKind.SYSTEM, None, SYSTEM_SENDER_NAME)
-            [written] = await self._insert(session, [_Ready(access, Draft(body), sender, None)])
-            return written.out
+            await self._insert(session, [_Ready(access, Draft(body), sender, None)])
 
     async def _record_mentions(
         self, session: AsyncSession, message: Message | WrittenMessage, mentions: Mentions
