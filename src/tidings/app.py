@@ -22,7 +22,7 @@ from tidings.http.hot import add_hot_post
 from tidings.http.middleware import BodyGuardMiddleware, RequestContextMiddleware
 from tidings.http.problems import install_problem_handlers
 from tidings.identity.routes import routers as identity_routers
-from tidings.infra.logging import get_logger
+from tidings.infra.logging import configure_logging, get_logger
 from tidings.messaging.routes import messages as messages_router
 from tidings.messaging.routes import routers as messaging_routers
 from tidings.messaging.routes import send_message_hot
@@ -149,5 +149,8 @@ def create_app(
 
 
 def create_app_from_env() -> FastAPI:
-    """Entry point for `uvicorn --factory tidings.app:create_app_from_env`."""
-    return create_app()
+    """Entry point for `uvicorn --factory tidings.app:create_app_from_env`: logs as `tidings
+    serve` does."""
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import sys
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -242,3 +243,32 @@ def test_cli_check_reports_what_it_found(profile: str, settings_values: dict[str
     if profile == "scaled":
         assert "ok (redis" in result.stdout
     assert settings_values["jwt_secret"] not in result.stdout
+
+
+@pytest.mark.profiles("embedded")
+def test_the_uvicorn_factory_serves_and_writes_its_access_log(
+    settings_values: dict[str, Any], tmp_path: Path
+) -> None:
+    # Nothing has configured logging before uvicorn calls the factory (as `tidings serve`
+    # does): a request must still be answered and logged as one JSON line.
+    port = free_port()
+    log = tmp_path / "uvicorn.log"
+    args = [sys.executable, "-m", "uvicorn", "--factory", "tidings.app:create_app_from_env"]
+    with spawn([*args, "--port", str(port)], child_env(settings_values), log) as process:
+        wait_http_ok(f"http://127.0.0.1:{port}/healthz", process, log)
+        answer = httpx.get(f"http://127.0.0.1:{port}/api/v1/nowhere", timeout=5)
+        assert answer.status_code == 404
+        request_id = answer.headers["x-request-id"]
+
+        def logged() -> list[dict[str, Any]]:
+            return [
+                orjson.loads(line)
+                for line in _lines(log)
+                if line.startswith("{") and request_id in line
+            ]
+
+        wait_for(logged, 10, "the access log line")
+    [line] = logged()
+    assert line["event"] == "request"
+    assert line["status"] == 404
+    assert "unhandled_exception" not in log.read_text()

@@ -25,6 +25,9 @@ _BODY_METHODS = {"POST", "PUT", "PATCH"}
 _RATE_LIMIT = "rate_limit"
 _RATE_LIMIT_LIMIT = b"ratelimit-limit"
 _log = get_logger("tidings.access")
+# The level is asked of the standard logger behind `_log`: structlog's own loggers answer
+# `isEnabledFor` only once `configure_logging` has made them standard ones.
+_access_level = logging.getLogger("tidings.access")
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -125,7 +128,7 @@ class RequestContextMiddleware:
             ).observe(elapsed)
             # Asked first: below the level, structlog would still build and drop the record
             # (2.7 µs against 0.3 per request).
-            if _log.isEnabledFor(logging.INFO):
+            if _access_level.isEnabledFor(logging.INFO):
                 _log.info(
                     "request",
                     method=scope["method"],
