@@ -26,7 +26,10 @@ from tidings.delivery.statuses import MessageStatus
 # The fields of MessageView a delivery event needs, in its order; a start adds the content.
 _VIEW = "id, workspace_id, recipient, connector_id, route_id, metadata, attempts"
 _STARTABLE = f"('{MessageStatus.QUEUED.value}', '{MessageStatus.SENDING.value}')"
-_UNTRIED = f"status = '{MessageStatus.QUEUED.value}' AND attempts = 0"
+# A message's state is checked on the rows the ids name, never used to find them (`IS TRUE`,
+# as jobs.store's claim does): the planners otherwise read every queued or sending message
+# through ix_outbound_messages_workspace_status to pick out the few named.
+_UNTRIED = f"(status = '{MessageStatus.QUEUED.value}' AND attempts = 0) IS TRUE"
 _SENDING = f"'{MessageStatus.SENDING.value}'"
 # The columns of an attempt row, named as `AttemptRecord`'s fields.
 ATTEMPT_FIELDS = (
@@ -128,7 +131,7 @@ def store_for(dialect: str) -> DeliveryLogStore:
 
 _PG_START = (
     f"UPDATE outbound_messages SET status = {_SENDING}, attempts = attempts + 1, "
-    f"updated_at = $1 WHERE id = ANY($2::uuid[]) AND status IN {_STARTABLE} "
+    f"updated_at = $1 WHERE id = ANY($2::uuid[]) AND (status IN {_STARTABLE}) IS TRUE "
     f"RETURNING {_VIEW}, content"
 )
 _PG_UNTRIED = (
@@ -150,7 +153,7 @@ _PG_FINISH = (
     "FROM unnest($2::uuid[], $3::varchar[], $4::uuid[], $5::varchar[], $6::timestamptz[], "
     "$7::timestamptz[], $8::text[], $9::varchar[]) "
     "AS u(id, status, connector_id, provider_message_id, sent_at, finished_at, error, error_class) "
-    f"WHERE m.id = u.id AND m.status = {_SENDING} "
+    f"WHERE m.id = u.id AND (m.status = {_SENDING}) IS TRUE "
     "RETURNING m.id, m.workspace_id, m.recipient, m.connector_id, m.route_id, m.metadata, "
     "m.attempts"
 )
@@ -207,14 +210,15 @@ class _PostgresStore:
 _SQLITE_IDS = "(SELECT value FROM json_each(?))"
 _SQLITE_START = (
     f"UPDATE outbound_messages SET status = {_SENDING}, attempts = attempts + 1, "
-    f"updated_at = ? WHERE id IN {_SQLITE_IDS} AND status IN {_STARTABLE} "
+    f"updated_at = ? WHERE id IN {_SQLITE_IDS} AND (status IN {_STARTABLE}) IS TRUE "
     f"RETURNING {_VIEW}, content"
 )
 _SQLITE_UNTRIED = (
     f"SELECT {_VIEW}, content FROM outbound_messages WHERE id IN {_SQLITE_IDS} AND {_UNTRIED}"
 )
 _SQLITE_SENDING = (
-    f"SELECT {_VIEW} FROM outbound_messages WHERE id IN {_SQLITE_IDS} AND status = {_SENDING}"
+    f"SELECT {_VIEW} FROM outbound_messages WHERE id IN {_SQLITE_IDS} "
+    f"AND (status = {_SENDING}) IS TRUE"
 )
 _SQLITE_FINISH = (
     "UPDATE outbound_messages SET status = ?, updated_at = ?, "

@@ -76,15 +76,20 @@ def store_for(dialect: str) -> JobStore:
 # Id lists travel as one JSON array: one statement text (and one prepared statement in
 # SQLite's cache) whatever the count.
 _SQLITE_IDS = "(SELECT value FROM json_each(?))"
+# A claim or a completion finds its jobs by id and only checks their state: `(…) IS TRUE` keeps
+# the state out of the planner's search terms. Without it, SQLite (always) and PostgreSQL
+# (while its statistics lag behind a burst of jobs) searched the (status, …) indexes and read
+# every queued or running job to pick out the few named (tests/db/test_index_use.py).
 _SQLITE_CLAIM = (
     "UPDATE jobs SET status = 'running', attempts = attempts + 1, locked_by = ?, "
-    f"lease_expires_at = ? WHERE id IN {_SQLITE_IDS} AND status = 'queued' AND run_at <= ? "
+    f"lease_expires_at = ? WHERE id IN {_SQLITE_IDS} "
+    "AND (status = 'queued' AND run_at <= ?) IS TRUE "
     f"RETURNING {_CLAIMED}"
 )
 _SQLITE_COMPLETE = (
     "UPDATE jobs SET status = 'succeeded', finished_at = ?, locked_by = NULL, "
-    f"lease_expires_at = NULL WHERE id IN {_SQLITE_IDS} AND locked_by = ? "
-    "AND status = 'running'"
+    f"lease_expires_at = NULL WHERE id IN {_SQLITE_IDS} "
+    "AND (locked_by = ? AND status = 'running') IS TRUE"
 )
 _SQLITE_ACTIVE_BY_KEY = (
     f"SELECT dedupe_key, id FROM jobs WHERE dedupe_key IN {_SQLITE_IDS} AND {_ACTIVE}"
@@ -152,15 +157,17 @@ _PG_INSERT = (
     f"$8::int[], $9::int[], $10::timestamptz[], $11::varchar[], $12::timestamptz[]) "
     f"{_ON_CONFLICT} RETURNING id"
 )
+# Found by id, their state only checked (see _SQLITE_CLAIM).
 _PG_CLAIM = (
     "UPDATE jobs SET status = 'running', attempts = attempts + 1, locked_by = $1, "
-    "lease_expires_at = $2 WHERE id = ANY($3::uuid[]) AND status = 'queued' AND run_at <= $4 "
+    "lease_expires_at = $2 WHERE id = ANY($3::uuid[]) "
+    "AND (status = 'queued' AND run_at <= $4) IS TRUE "
     f"RETURNING {_CLAIMED}"
 )
 _PG_COMPLETE = (
     "UPDATE jobs SET status = 'succeeded', finished_at = $1, locked_by = NULL, "
-    "lease_expires_at = NULL WHERE id = ANY($2::uuid[]) AND locked_by = $3 "
-    "AND status = 'running'"
+    "lease_expires_at = NULL WHERE id = ANY($2::uuid[]) "
+    "AND (locked_by = $3 AND status = 'running') IS TRUE"
 )
 _PG_ACTIVE_BY_KEY = (
     f"SELECT dedupe_key, id FROM jobs WHERE dedupe_key = ANY($1::varchar[]) AND {_ACTIVE}"

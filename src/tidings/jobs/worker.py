@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, func, or_, select, update
+from sqlalchemy import Table, and_, bindparam, func, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tidings.db.base import utcnow
@@ -49,9 +49,10 @@ _now = bindparam("b_now", type_=_c.run_at.type)
 _node = bindparam("b_node", type_=_c.locked_by.type)
 _lease = bindparam("b_lease", type_=_c.lease_expires_at.type)
 _error = bindparam("b_error", type_=_c.last_error.type)
-# Only the lease holder may touch a job: after a lease expiry another worker owns it.
+# Only the lease holder may touch a job: after a lease expiry another worker owns it. Found by
+# id, its state only checked (`IS TRUE`: see jobs.store's claim).
 _owned = update(_jobs).where(
-    _c.id.in_(_ids), _c.locked_by == _node, _c.status == JobStatus.RUNNING.value
+    _c.id.in_(_ids), and_(_c.locked_by == _node, _c.status == JobStatus.RUNNING.value).is_(true())
 )
 _released = {"locked_by": None, "lease_expires_at": None}
 _DEAD = _owned.values(status=JobStatus.DEAD.value, finished_at=_now, last_error=_error, **_released)
