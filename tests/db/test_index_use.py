@@ -10,6 +10,7 @@ ix_jobs_status_run_at and 100-180 of ix_outbound_messages_workspace_status per d
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -30,7 +31,7 @@ _STATUS_INDEXES = (
 
 
 @pytest.fixture
-async def db(database_url: str) -> Any:
+async def db(database_url: str) -> AsyncIterator[Database]:
     database = Database(database_url)
     try:
         await _burst(database)

@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tidings.db.base import utcnow
@@ -475,12 +475,18 @@ def _clean_name(name: str) -> str:
     return cleaned
 
 
+# Built once, on the tables: every WebSocket connect runs it (as messaging's
+# `member_conversations`).
+_memberships, _workspaces = Membership.__table__, Workspace.__table__
+_MEMBER_WORKSPACES = (
+    select(_memberships.c.workspace_id)
+    .select_from(_memberships.join(_workspaces, _workspaces.c.id == _memberships.c.workspace_id))
+    .where(_memberships.c.user_id == bindparam("user_id"), _workspaces.c.deleted_at.is_(None))
+)
+
+
 async def member_workspace_ids(session: AsyncSession, user_id: uuid.UUID) -> frozenset[uuid.UUID]:
     """The live workspaces `user_id` is a member of, in the caller's read (what `list_for`
     lists for a user, without loading the rows)."""
-    rows = await session.scalars(
-        select(Membership.workspace_id)
-        .join(Workspace, Workspace.id == Membership.workspace_id)
-        .where(Membership.user_id == user_id, Workspace.deleted_at.is_(None))
-    )
+    rows = await session.scalars(_MEMBER_WORKSPACES, {"user_id": user_id})
     return frozenset(rows.all())

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -733,21 +733,33 @@ def _caller_counts(user_id: uuid.UUID) -> tuple[Any, Any, Any]:
     return unread, mentioned, members
 
 
+# Built once, on the tables (Core, not ORM entities): every WebSocket connect runs it, and a
+# connect storm (the clients of a restarted process) spent more CPU building and compiling the
+# ORM statement than reading the rows.
+_conversations, _members, _memberships = (
+    Conversation.__table__,
+    ConversationMember.__table__,
+    Membership.__table__,
+)
+_MEMBER_CONVERSATIONS = (
+    select(_conversations.c.id, _conversations.c.workspace_id)
+    .select_from(
+        _conversations.join(_members, _members.c.conversation_id == _conversations.c.id).join(
+            _memberships,
+            and_(
+                _memberships.c.workspace_id == _conversations.c.workspace_id,
+                _memberships.c.user_id == _members.c.user_id,
+            ),
+        )
+    )
+    .where(_members.c.user_id == bindparam("user_id"))
+)
+
+
 async def member_conversations(
     session: AsyncSession, user_id: uuid.UUID
 ) -> dict[uuid.UUID, uuid.UUID]:
     """Every conversation `user_id` is a member of, with its workspace, in the caller's read
     (the realtime gateway reads it with the rest of a connection's rooms)."""
-    rows = await session.execute(
-        select(Conversation.id, Conversation.workspace_id)
-        .join(ConversationMember, ConversationMember.conversation_id == Conversation.id)
-        .join(
-            Membership,
-            and_(
-                Membership.workspace_id == Conversation.workspace_id,
-                Membership.user_id == user_id,
-            ),
-        )
-        .where(ConversationMember.user_id == user_id)
-    )
+    rows = await session.execute(_MEMBER_CONVERSATIONS, {"user_id": user_id})
     return {conversation: workspace for conversation, workspace in rows.all()}  # noqa: C416 - typed pairs

@@ -24,7 +24,7 @@ from urllib.parse import parse_qs
 import orjson
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from websockets.http11 import Request
 
 from tidings.db.base import utcnow
@@ -55,6 +55,11 @@ from tidings.system.cluster import ClusterMembership
 CHANNEL = "rt"
 MAX_PENDING = 10_000
 STREAM_CHUNK = 500
+_streams = EventStream.__table__
+# Built once, on the table (see messaging's `member_conversations`): every connect reads it.
+_STREAM_POSITIONS = select(_streams.c.stream_key, _streams.c.last_seq).where(
+    _streams.c.stream_key.in_(bindparam("streams", expanding=True))
+)
 _MEMBERSHIP_EVENTS = {messaging_events.MEMBER_JOINED, messaging_events.MEMBER_LEFT}
 _log = get_logger(__name__)
 
@@ -365,11 +370,7 @@ class Gateway:
         async with self._db.read() as session:
             for start in range(0, len(streams), STREAM_CHUNK):
                 chunk = streams[start : start + STREAM_CHUNK]
-                rows = await session.execute(
-                    select(EventStream.stream_key, EventStream.last_seq).where(
-                        EventStream.stream_key.in_(chunk)
-                    )
-                )
+                rows = await session.execute(_STREAM_POSITIONS, {"streams": chunk})
                 found.update({stream: seq for stream, seq in rows.all()})  # noqa: C416 - typed pairs
         return found
 
