@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 import uuid
 
+import pytest
+
 from tidings.db.base import new_id
 
 
@@ -34,3 +36,18 @@ def test_ids_of_the_same_millisecond_differ_in_their_random_bits() -> None:
     for ids in shared:
         random_parts = {made.int & ((1 << 62) - 1) for made in ids}
         assert len(random_parts) == len(ids)
+
+
+def test_ids_keep_their_order_when_the_clock_stands_still_or_goes_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = time.time_ns()
+    before = new_id()
+    monkeypatch.setattr(time, "time_ns", lambda: now)  # a coarse clock: one reading for all
+    still = [new_id() for _ in range(5_000)]  # more than a millisecond's 4,096 fractions
+    monkeypatch.setattr(time, "time_ns", lambda: now - 3_600_000_000_000)  # set back an hour
+    back = [new_id() for _ in range(100)]
+    made = [before, *still, *back]
+    assert made == sorted(made)
+    assert len(set(made)) == len(made)
+    assert all(m.version == 7 for m in made)
