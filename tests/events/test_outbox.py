@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Sequence
+from datetime import timedelta
 
 import orjson
 import pytest
@@ -306,9 +307,12 @@ async def test_committed_events_are_handed_out_without_a_read(
             row.stream_key,
             row.stream_seq,
         )
+        assert (event.type, event.workspace_id) == (row.type, row.workspace_id)
         assert event.payload == row.payload
         assert event.occurred_at == row.occurred_at
+        assert event.occurred_at.utcoffset() == timedelta(0)
     assert isinstance(taken[0].payload["id"], str)
+    assert {type(e.id) for e in taken} == {uuid.UUID}
     await eventually(lambda: _equals(_undispatched(runtime), 0))  # marked as usual
 
 

@@ -150,6 +150,25 @@ def _sqlite_event(row: Sequence[Any]) -> DispatchedEvent:
     )
 
 
+def _stored_event(values: Sequence[Any]) -> DispatchedEvent:
+    # What `emit_many` kept for `take`: the values written (ids and time as objects: the
+    # read's parse of them cost ~3.5 µs an event), the payload as its JSON text, parsed here
+    # so consumers get the plain JSON values a read gives.
+    event_id, position, type_, workspace_id, stream_key, seq, payload, occurred_at = values
+    return _event(
+        (
+            event_id,
+            position,
+            type_,
+            workspace_id,
+            stream_key,
+            seq,
+            orjson.loads(payload),
+            occurred_at,
+        )
+    )
+
+
 class LiveConsumer(Protocol):
     """Receives each batch at least once, before it is marked dispatched."""
 
@@ -314,8 +333,8 @@ class OutboxDispatcher:
 
     async def take(self, rows: Sequence[Sequence[Any]]) -> bool:
         """Hand out the events of a transaction this process has just committed on SQLite, from
-        the rows it wrote (`rows`: as the outbox read returns them, by position), without
-        reading them back: the commit-to-subscriber path loses a read and a wake-up.
+        what it wrote (`rows`: `emit_many`'s `stored`, by position), without reading them
+        back: the commit-to-subscriber path loses a read and a wake-up.
 
         True when they are handed out, here or by a read before; False when only a read keeps
         the order (a gap before them: another writer's events, a read not yet drained), and
@@ -332,7 +351,7 @@ class OutboxDispatcher:
                 return False  # the marker is behind: the dispatcher waits for it, not the writer
             self._forget_marked()
             try:
-                await self._hand_out([_sqlite_event(row) for row in rows])
+                await self._hand_out([_stored_event(values) for values in rows])
             except Exception:
                 _log.exception("outbox_take_failed", events=len(rows))
                 self._next_position = None

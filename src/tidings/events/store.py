@@ -61,8 +61,9 @@ async def emit_many(
 ) -> list[WrittenEvent]:
     """Write `new_events` in the transaction open on `conn` (asyncpg or aiosqlite).
 
-    `stored` (SQLite): receives the rows as written, with their positions, in the columns and
-    order of the dispatcher's outbox read (`OutboxDispatcher.take`)."""
+    `stored` (SQLite): receives the events as written, with their positions, in the columns
+    and order of the dispatcher's outbox read (`OutboxDispatcher.take`), as values rather
+    than as stored text, except the payload, which is the JSON written."""
     counts = stream_counts(new_events)
     if not counts:
         return []
@@ -117,7 +118,20 @@ async def emit_many(
     )
     positions: dict[str, int] = dict(returned)
     stored += sorted(
-        ((row[0], positions[row[0]], *row[1:]) for row in rows), key=lambda row: row[1]
+        (
+            (
+                e.id,
+                positions[row[0]],
+                e.type,
+                e.workspace_id,
+                e.stream_key,
+                e.stream_seq,
+                row[5],  # the payload's JSON text, as written
+                e.occurred_at,
+            )
+            for e, row in zip(events, rows, strict=True)
+        ),
+        key=lambda values: values[1],
     )
     return events
 
