@@ -41,6 +41,7 @@ from fastapi import FastAPI  # noqa: E402
 from tests.support import leaks  # noqa: E402
 from tidings.app import create_app  # noqa: E402
 from tidings.db import migrate  # noqa: E402
+from tidings.db.database import Database  # noqa: E402
 from tidings.db.models import Base  # noqa: E402
 from tidings.infra.logging import configure_logging  # noqa: E402
 from tidings.settings import Settings  # noqa: E402
@@ -267,6 +268,16 @@ def database_url(profile: str, request: pytest.FixtureRequest, tmp_path: Path) -
     url: str = request.getfixturevalue("postgres_database")
     _truncate_postgres(url)
     return url
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    """A `Database` on the test's database, disposed afterwards."""
+    database = Database(database_url)
+    try:
+        yield database
+    finally:
+        await database.dispose()
 
 
 @pytest.fixture

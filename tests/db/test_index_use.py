@@ -10,7 +10,6 @@ ix_jobs_status_run_at and 100-180 of ix_outbound_messages_workspace_status per d
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -31,13 +30,9 @@ _STATUS_INDEXES = (
 
 
 @pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    try:
-        await _burst(database)
-        yield database
-    finally:
-        await database.dispose()
+async def after_burst(db: Database) -> Database:
+    await _burst(db)
+    return db
 
 
 async def _burst(db: Database) -> None:
@@ -112,7 +107,8 @@ def _searched_by_status(plan: str) -> list[str]:
     return [index for index in _STATUS_INDEXES if index in plan]
 
 
-async def test_claims_and_completions_find_their_jobs_by_id(db: Database) -> None:
+async def test_claims_and_completions_find_their_jobs_by_id(after_burst: Database) -> None:
+    db = after_burst
     ids, now = await _ids(db, "jobs"), utcnow()
     lease = now + timedelta(seconds=30)
     if db.dialect == "postgresql":
@@ -131,8 +127,9 @@ async def test_claims_and_completions_find_their_jobs_by_id(db: Database) -> Non
 
 
 async def test_delivery_starts_reads_and_finishes_find_their_messages_by_id(
-    db: Database,
+    after_burst: Database,
 ) -> None:
+    db = after_burst
     ids, now = await _ids(db, "outbound_messages"), utcnow()
     if db.dialect == "postgresql":
         none = [None] * len(ids)

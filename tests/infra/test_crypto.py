@@ -8,7 +8,7 @@ import logging
 import random
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +37,6 @@ from tidings.infra.logging import configure_logging
 from tidings.settings import Settings, decode_master_key
 
 SECRET = b'{"api_key": "sk_live_0123456789abcdefSECRET"}'
-
-
-@pytest.fixture
-async def db(settings: Settings) -> AsyncIterator[Database]:
-    database = Database(settings.effective_database_url)
-    yield database
-    await database.dispose()
 
 
 @pytest.fixture

@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
-
 from tidings.db.base import new_id, utcnow
 from tidings.db.database import Database
 from tidings.identity.models import Membership, User, Workspace
 from tidings.identity.workspaces import member_workspace_ids
 from tidings.messaging.conversations import member_conversations
 from tidings.messaging.models import Conversation, ConversationMember
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    try:
-        yield database
-    finally:
-        await database.dispose()
 
 
 async def test_a_user_joins_the_conversations_of_workspaces_it_still_belongs_to(

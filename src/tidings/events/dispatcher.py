@@ -154,19 +154,8 @@ def _stored_event(values: Sequence[Any]) -> DispatchedEvent:
     # What `emit_many` kept for `take`: the values written (ids and time as objects: the
     # read's parse of them cost ~3.5 µs an event), the payload as its JSON text, parsed here
     # so consumers get the plain JSON values a read gives.
-    event_id, position, type_, workspace_id, stream_key, seq, payload, occurred_at = values
-    return _event(
-        (
-            event_id,
-            position,
-            type_,
-            workspace_id,
-            stream_key,
-            seq,
-            orjson.loads(payload),
-            occurred_at,
-        )
-    )
+    *head, payload, occurred_at = values
+    return _event((*head, orjson.loads(payload), occurred_at))
 
 
 class LiveConsumer(Protocol):
