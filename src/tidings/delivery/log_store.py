@@ -66,6 +66,8 @@ MESSAGE_COLUMNS = (
     "job_id",
 )
 _JSON_COLUMNS = frozenset({"content", "metadata"})
+# An accept's rows are keyed by the model's attribute names: `metadata` is taken on ORM classes.
+_MESSAGE_KEYS = tuple("message_metadata" if c == "metadata" else c for c in MESSAGE_COLUMNS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +101,8 @@ class Outcome:
 
 class DeliveryLogStore(Protocol):
     async def insert_messages(self, conn: Any, rows: Sequence[dict[str, Any]]) -> None:
-        """Insert accepted messages (`Deliveries._prepare`'s values, keyed by column)."""
+        """Insert accepted messages: `Deliveries._prepare`'s values (keyed by the model's
+        attribute names) with their `job_id`."""
         ...
 
     async def start(self, conn: Any, ids: Sequence[uuid.UUID], now: datetime) -> list[MessageRow]:
@@ -173,10 +176,10 @@ class _PostgresStore:
             await conn.execute(
                 _PG_MESSAGES,
                 *(
-                    [sv.json_text(r[column]) for r in rows]
+                    [sv.json_text(r[key]) for r in rows]
                     if column in _JSON_COLUMNS
-                    else [r[column] for r in rows]
-                    for column in MESSAGE_COLUMNS
+                    else [r[key] for r in rows]
+                    for column, key in zip(MESSAGE_COLUMNS, _MESSAGE_KEYS, strict=True)
                 ),
             )
 
@@ -256,7 +259,7 @@ class _SqliteStore:
                 sv.to_uuid(r["template_id"]),
                 r["template_version"],
                 sv.json_text(r["content"]),
-                sv.json_text(r["metadata"]),
+                sv.json_text(r["message_metadata"]),
                 str(r["status"]),
                 sv.to_time(r["send_at"]),
                 r["attempts"],

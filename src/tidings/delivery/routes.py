@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -179,7 +180,7 @@ async def _send_many(
     principal: Principal,
     body: BatchIn,
     idempotency: str | None,
-) -> BatchAcceptedOut | JSONResponse:
+) -> Response:
     sender = await _sender(principal, body.workspace_id, Action.DELIVERY_SEND, identity, client)
     for index, item in enumerate(body.messages):
         if item.workspace_id not in (None, sender.workspace_id):
@@ -193,19 +194,21 @@ async def _send_many(
         sender,
         [_request_of(item) for item in body.messages],
         idempotency_key=key,
-        answer=lambda messages: BatchAcceptedOut(
-            messages=[AcceptedOut.of(m) for m in messages]
-        ).model_dump(mode="json"),
+        answer=lambda messages: orjson.loads(BatchAcceptedOut.json_of(messages)),
     )
     if accepted.replayed_status is not None:
         return _replay(accepted.replayed_status, accepted.replayed_body)
-    return BatchAcceptedOut(messages=[AcceptedOut.of(m) for m in accepted.messages])
+    return Response(
+        BatchAcceptedOut.json_of(accepted.messages),
+        status_code=status.HTTP_202_ACCEPTED,
+        media_type="application/json",
+    )
 
 
 def _hot(
     run: Callable[
         [Delivery, Identity, ClientInfo, Principal, BodyT, str | None],
-        Awaitable[BaseModel | JSONResponse],
+        Awaitable[BaseModel | Response],
     ],
 ) -> HotHandler[BodyT]:
     """A send route's hot handler (tidings.http.hot), around what the route itself runs."""

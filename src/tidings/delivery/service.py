@@ -44,8 +44,6 @@ DELIVERY_JOB = "delivery.send"
 MAX_BATCH = 1000
 
 _MESSAGES: Table = OutboundMessage.__table__  # type: ignore[assignment]
-# Attribute names whose column is named otherwise (`metadata` is taken on ORM classes).
-_COLUMN_OF = {"message_metadata": "metadata"}
 
 
 class _MessageView(Protocol):
@@ -337,12 +335,14 @@ class Deliveries:
         return rows
 
     async def _insert(self, session: AsyncSession, rows: list[dict[str, Any]]) -> list[MessageView]:
+        now = utcnow()
         job_rows = [
             jobs.job_row(
                 DELIVERY_JOB,
                 {"message_id": str(values["id"])},
                 run_at=values["send_at"],
                 max_attempts=self._max_attempts,
+                now=now,
             )
             for values in rows
         ]
@@ -350,15 +350,12 @@ class Deliveries:
         # If this process runs a worker with room, each job starts right after the COMMIT
         # with its message in hand (no claim, no read back before the provider is called).
         queued = await jobs.enqueue_many(session, job_rows, local=messages)
-        # A Core INSERT on the table (column keys), not the ORM's bulk path, which maps every
-        # row through the mapper: a batch is up to a thousand rows.
-        table_rows = [
-            {_COLUMN_OF.get(key, key): value for key, value in values.items()} | {"job_id": job_id}
-            for values, job_id in zip(rows, queued, strict=True)
-        ]
-        # Written at the driver in this transaction: through SQLAlchemy these two statements
-        # cost more CPU than the rest of an accept's writes.
-        await self._log.insert_messages(await driver_of(session), table_rows)
+        for values, job_id in zip(rows, queued, strict=True):
+            values["job_id"] = job_id
+        # Written at the driver in this transaction, not through the ORM's bulk path (which
+        # maps every row through the mapper: a batch is up to a thousand rows) nor SQLAlchemy
+        # Core: these two statements cost more CPU there than the rest of an accept's writes.
+        await self._log.insert_messages(await driver_of(session), rows)
         await event_store.emit_many_in(
             session, [self._event(m, "delivery.queued") for m in messages]
         )

@@ -65,9 +65,11 @@ def job_row(
     delay_seconds: float | None = None,
     dedupe_key: str | None = None,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
-    """The column values of a new job (`published_at` is set when it is due at once)."""
-    now = utcnow()
+    """The column values of a new job (`published_at` is set when it is due at once), made
+    at `now` (default: the current time; a batch of rows shares one)."""
+    now = now or utcnow()
     if run_at is None:
         run_at = now + timedelta(seconds=delay_seconds) if delay_seconds else now
     return {
@@ -204,8 +206,8 @@ async def _insert_at_driver(
     if not rows:
         return []
     dialect = session.get_bind().dialect.name
-    inserted = await store_for(dialect).insert(await driver_of(session), rows)
-    if len(inserted) != len(rows):  # no dedupe key: nothing can conflict
+    if await store_for(dialect).insert(await driver_of(session), rows):
+        # No dedupe key: nothing can conflict.
         raise RuntimeError("jobs without dedupe keys were not all inserted")
     return [row["id"] for row in rows]
 
@@ -354,12 +356,12 @@ class JobQueue:
         """One INSERT (autocommit) for the batch; deduplicated rows get the active job's id."""
         if not rows:
             return []
-        inserted = await self._store.insert(conn, rows)
-        refused = [row["dedupe_key"] for row in rows if row["id"] not in inserted]
+        refused_ids = await self._store.insert(conn, rows)
+        refused = [row["dedupe_key"] for row in rows if row["id"] in refused_ids]
         active = await self._store.active_by_key(conn, refused) if refused else {}
         answers: list[uuid.UUID] = []
         for row in rows:
-            if row["id"] in inserted:
+            if row["id"] not in refused_ids:
                 answers.append(row["id"])
             elif row["dedupe_key"] in active:
                 answers.append(active[row["dedupe_key"]])

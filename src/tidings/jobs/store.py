@@ -48,7 +48,8 @@ ClaimedRow = tuple[uuid.UUID, str, dict[str, Any], int, int, datetime]
 class JobStore(Protocol):
     async def insert(self, conn: Any, rows: Sequence[dict[str, Any]]) -> set[uuid.UUID]:
         """Insert rows from `service.job_row` (leased ones with `locked_by` and
-        `lease_expires_at`); the ids actually inserted (not deduplicated)."""
+        `lease_expires_at`); the ids of the rows not inserted, because their dedupe key
+        names an active job."""
         ...
 
     async def active_by_key(self, conn: Any, keys: Sequence[str]) -> dict[str, uuid.UUID]:
@@ -118,7 +119,12 @@ class _SqliteStore:
         returned = await insert_rows(
             conn, "jobs", _COLUMN_NAMES, values, tail=f"{_ON_CONFLICT} RETURNING id"
         )
-        return {uuid.UUID(hex=r[0]) for r in returned}
+        if len(returned) == len(rows):
+            return set()
+        inserted = {r[0] for r in returned}
+        return {
+            row["id"] for row, value in zip(rows, values, strict=True) if value[0] not in inserted
+        }
 
     async def active_by_key(self, conn: Any, keys: Sequence[str]) -> dict[str, uuid.UUID]:
         found = await conn.execute_fetchall(_SQLITE_ACTIVE_BY_KEY, (json_text(list(keys)),))
@@ -191,7 +197,10 @@ class _PostgresStore:
             [row.get("locked_by") for row in rows],
             [row.get("lease_expires_at") for row in rows],
         )
-        return {r[0] for r in returned}
+        if len(returned) == len(rows):
+            return set()
+        inserted = {r[0] for r in returned}
+        return {row["id"] for row in rows if row["id"] not in inserted}
 
     async def active_by_key(self, conn: Any, keys: Sequence[str]) -> dict[str, uuid.UUID]:
         found = await conn.fetch(_PG_ACTIVE_BY_KEY, list(keys))
