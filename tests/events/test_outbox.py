@@ -358,3 +358,30 @@ async def test_events_behind_another_writers_are_read_in_order(runtime: Runtime)
         await emit(session, "from.here", stream_key="s:gap", payload={})
     await eventually(lambda: _ready(collector, 3), within=5)
     assert [e.type for e in collector.unique()[1:]] == ["from.elsewhere", "from.here"]
+
+
+@pytest.mark.profiles("embedded")
+async def test_commits_after_a_full_read_are_handed_out_without_one(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read that comes back full (a send batch of exactly a read's size) still tells the
+    dispatcher where the next commit starts: the commits after it are handed over, not read."""
+    collector = CollectingConsumer()
+    runtime.dispatcher.add_live(collector)
+    await eventually(lambda: _is_leader(runtime.dispatcher))
+    await _drained(runtime, collector)
+    monkeypatch.setattr(runtime.dispatcher, "_batch_size", 2)
+    counter = _CountingReads(runtime.dispatcher, monkeypatch)
+    # Events of a savepoint are read back, never handed over.
+    async with runtime.db.transaction() as session, session.begin_nested():
+        await emit_many(session, [NewEvent("read.back", "s:full", {"i": i}) for i in range(2)])
+    await eventually(lambda: _ready(collector, 3))
+    reads = counter.reads
+    assert reads >= 1
+    for index in range(5):
+        async with runtime.db.transaction() as session:
+            await emit(session, "handed.over", stream_key="s:full", payload={"i": index})
+        # Handed out before the transaction's block returns.
+        assert len(collector.unique()) == 4 + index
+    assert counter.reads == reads
+    assert [e.stream_seq for e in collector.unique()[1:]] == list(range(1, 8))

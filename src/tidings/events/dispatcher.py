@@ -309,9 +309,12 @@ class OutboxDispatcher:
         async with self._handing:
             self._forget_marked()
             batch = await self._read()
-            if len(batch) == self._batch_size:
-                self._next_position = None
-            elif batch:  # drained: every committed event is handed out (one writer at a time)
+            if batch:
+                # The read took the lowest positions not handed out, so every position up to
+                # its last is handed out now, whether or not more are waiting (a full read): a
+                # commit that starts right after it is next in order (one writer at a time).
+                # Forgetting the position after a full read left every later commit to a read
+                # while sends of exactly `batch_size` kept coming.
                 self._next_position = batch[-1].position + 1
             if not batch:
                 if not self._inflight:
