@@ -14,12 +14,14 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from tidings.db.base import new_id, utcnow
 from tidings.db.database import Database
 from tidings.db.sqlite_values import hex_array
 from tidings.delivery import log_store
 from tidings.jobs import store as job_store
+from tidings.jobs import worker
 
 BURST = 5_000
 _STATUS_INDEXES = (
@@ -157,5 +159,50 @@ async def test_delivery_starts_reads_and_finishes_find_their_messages_by_id(
             await _plan(db, log_store._SQLITE_UNTRIED, hexes),
             await _plan(db, log_store._SQLITE_SENDING, hexes),
         ]
+    for plan in plans:
+        assert _searched_by_status(plan) == [], plan
+
+
+async def _plan_through_sqlalchemy(db: Database, statement: Any, params: dict[str, Any]) -> str:
+    """The plan of a Core statement as the worker runs it (`write_connection`): the statement
+    SQLAlchemy sends, EXPLAINed instead of run, with the values it binds (expanding IN lists
+    included)."""
+    prefix = "EXPLAIN " if db.dialect == "postgresql" else "EXPLAIN QUERY PLAN "
+    lines: list[str] = []
+
+    def explain(*args: Any) -> tuple[str, Any]:
+        return prefix + args[2], args[3]
+
+    def capture(*args: Any) -> None:
+        rows = args[1].fetchall()
+        lines.extend(row[0] if db.dialect == "postgresql" else str(row[-1]) for row in rows)
+
+    engine = db.write_engine.sync_engine
+    event.listen(engine, "before_cursor_execute", explain, retval=True)
+    event.listen(engine, "after_cursor_execute", capture)
+    try:
+        async with db.write_connection() as conn:
+            await conn.execute(statement, params)
+    finally:
+        event.remove(engine, "before_cursor_execute", explain)
+        event.remove(engine, "after_cursor_execute", capture)
+    assert lines, "no plan captured"
+    return "\n".join(lines)
+
+
+async def test_the_workers_retries_releases_and_heartbeats_find_their_jobs_by_id(
+    after_burst: Database,
+) -> None:
+    db = after_burst
+    ids, now = await _ids(db, "jobs"), utcnow()
+    owned = {"b_ids": ids, "b_node": "node"}
+    plans = [
+        await _plan_through_sqlalchemy(db, worker._DEAD, {**owned, "b_now": now, "b_error": "e"}),
+        await _plan_through_sqlalchemy(
+            db, worker._RETRY, {**owned, "b_run_at": now, "b_error": "e"}
+        ),
+        await _plan_through_sqlalchemy(db, worker._RELEASE, {**owned, "b_now": now}),
+        await _plan_through_sqlalchemy(db, worker._HEARTBEAT, {**owned, "b_lease": now}),
+    ]
     for plan in plans:
         assert _searched_by_status(plan) == [], plan
