@@ -385,3 +385,58 @@ async def test_commits_after_a_full_read_are_handed_out_without_one(
         assert len(collector.unique()) == 4 + index
     assert counter.reads == reads
     assert [e.stream_seq for e in collector.unique()[1:]] == list(range(1, 8))
+
+
+@pytest.mark.profiles("embedded")
+async def test_commits_behind_a_gap_wait_for_its_read_and_go_out_unread(
+    runtime: Runtime,
+) -> None:
+    """Commits after a gap (here another process's events) wait, in order; the read stops short
+    of them and fills the gap, and they go out as handed over: only the gap is read."""
+    await runtime.dispatcher.stop()  # this test drives its own dispatcher, by hand
+    dispatcher = OutboxDispatcher(runtime.db, node_id="by-hand")
+    collector = CollectingConsumer()
+    dispatcher.add_live(collector)
+    dispatcher.is_leader = True  # no lease loop: `dispatch_once` runs only when called here
+    read_rows: list[str] = []
+    read = dispatcher._read
+
+    async def recording() -> list[DispatchedEvent]:
+        batch = await read()
+        read_rows.extend(event.type for event in batch)
+        return batch
+
+    dispatcher._read = recording  # type: ignore[method-assign]
+    refused: list[bool] = []
+
+    async def take(rows: list[tuple[object, ...]]) -> None:
+        refused.append(not await dispatcher.take(rows))
+
+    runtime.db.hooks.events_committed = None
+    runtime.db.hooks.events_stored = take
+    async with runtime.db.transaction() as session:
+        await emit(session, "warm.up", stream_key="s:wait", payload={})
+    assert refused == [True]  # where the outbox ends is not known yet: it waits for a read
+    assert await dispatcher.dispatch_once() == 1
+    assert read_rows == []  # the read stopped short of it, and found nothing before it
+    runtime.db.hooks.events_stored = None  # another process: no hand-over here
+    async with runtime.db.transaction() as session:
+        await emit(session, "from.elsewhere", stream_key="s:wait", payload={})
+    runtime.db.hooks.events_stored = take
+    for index in range(3):
+        async with runtime.db.transaction() as session:
+            await emit_many(
+                session, [NewEvent("from.here", "s:wait", {"i": index}) for _ in range(2)]
+            )
+    assert refused == [True] * 4  # behind the gap: they wait
+    assert len(collector.unique()) == 1
+    assert await dispatcher.dispatch_once() == 7
+    assert read_rows == ["from.elsewhere"]
+    async with runtime.db.transaction() as session:
+        await emit(session, "after.the.gap", stream_key="s:wait", payload={})
+    assert refused[-1] is False  # handed over at once again
+    assert [e.type for e in collector.unique()] == (
+        ["warm.up", "from.elsewhere"] + ["from.here"] * 6 + ["after.the.gap"]
+    )
+    assert [e.stream_seq for e in collector.unique()] == list(range(1, 10))
+    assert read_rows == ["from.elsewhere"]

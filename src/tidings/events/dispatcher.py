@@ -24,6 +24,7 @@ does not wait for the mark's COMMIT (or for SQLite's write lock).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import json
 import time
@@ -46,7 +47,10 @@ from tidings.infra import metrics
 from tidings.infra.logging import get_logger
 
 LEASE_NAME = "outbox-dispatcher"
-MAX_INFLIGHT_BATCHES = 10
+# Events handed out and not marked yet, in batches: past it, hand-outs wait for the marker
+# (and as many again may wait for a gap, `take`). Memory stays bounded. Ten batches were too
+# few for a burst of send batches: the hand-outs spent their time waiting on the marks.
+MAX_INFLIGHT_BATCHES = 20
 # The marker waits this long after a batch before it marks, so that at moderate rates one mark
 # transaction covers the batches of several commits (the live consumers already have them: this
 # delays only the transactional consumers and the "dispatched" column, never live delivery).
@@ -77,13 +81,16 @@ _SQLITE_MARK_AT_DRIVER = (
     "UPDATE events SET dispatched_at = ? "
     "WHERE position IN (SELECT value FROM json_each(?)) AND dispatched_at IS NULL"
 )
+# Below a position: a read stops short of the commits waiting for it (`take`).
 _SQLITE_READ = (
-    f"SELECT {_COLUMNS} FROM events WHERE dispatched_at IS NULL ORDER BY position LIMIT ?"
+    f"SELECT {_COLUMNS} FROM events WHERE dispatched_at IS NULL AND position < ? "
+    "ORDER BY position LIMIT ?"
 )
 _SQLITE_READ_EXCEPT = (
-    f"SELECT {_COLUMNS} FROM events WHERE dispatched_at IS NULL "
+    f"SELECT {_COLUMNS} FROM events WHERE dispatched_at IS NULL AND position < ? "
     "AND position NOT IN (SELECT value FROM json_each(?)) ORDER BY position LIMIT ?"
 )
+_NO_POSITION_LIMIT = 2**63 - 1
 _SQLITE_MARK = text(
     "UPDATE events SET dispatched_at = :now "
     "WHERE position IN (SELECT value FROM json_each(:positions)) AND dispatched_at IS NULL "
@@ -150,6 +157,11 @@ def _sqlite_event(row: Sequence[Any]) -> DispatchedEvent:
     )
 
 
+def _first_position(rows: Sequence[Sequence[Any]]) -> int:
+    position: int = rows[0][1]
+    return position
+
+
 def _stored_event(values: Sequence[Any]) -> DispatchedEvent:
     # What `emit_many` kept for `take`: the values written (ids and time as objects: the
     # read's parse of them cost ~3.5 µs an event), the payload as its JSON text, parsed here
@@ -198,6 +210,7 @@ class OutboxDispatcher:
         self._db = db
         self._node_id = node_id
         self._batch_size = batch_size
+        self._max_inflight = MAX_INFLIGHT_BATCHES * batch_size
         self._poll_interval = poll_interval
         self._lease_seconds = lease_seconds
         self._live: list[LiveConsumer] = []
@@ -220,6 +233,13 @@ class OutboxDispatcher:
         # SQLite: the position the next committed event gets when every committed event before
         # it has been handed out (None: unknown until a read drains the outbox).
         self._next_position: int | None = None
+        # SQLite: commits `take` could not hand out yet because a gap comes before them (a
+        # refused hand-out not read yet, another process's events), in position order. Reads
+        # stop short of the first; once a read fills the gap they go out as taken. Without
+        # them, one refusal during a burst turned every later commit into a read, and the
+        # reads, starved by the burst, fell further behind.
+        self._waiting: list[Sequence[Sequence[Any]]] = []
+        self._waiting_events = 0
 
     def add_live(self, consumer: LiveConsumer) -> None:
         self._live.append(consumer)
@@ -285,6 +305,8 @@ class OutboxDispatcher:
             # Renew well before expiry so a healthy leader never loses the lease to a standby;
             # a standby tries again as often.
             self._lease_due = now + self._lease_seconds / 3
+        if not self.is_leader:
+            self._drop_waiting()
         if self.is_leader != was_leader:
             _log.info("outbox_leadership_changed", leader=self.is_leader, node=self._node_id)
 
@@ -304,7 +326,7 @@ class OutboxDispatcher:
         # now, and this read takes them all.
         await asyncio.sleep(0)
         self._wakeup.clear()
-        if len(self._inflight) >= MAX_INFLIGHT_BATCHES * self._batch_size:
+        if len(self._inflight) >= self._max_inflight:
             await self._marks.join()  # back-pressure: the marker is behind
         async with self._handing:
             self._forget_marked()
@@ -316,40 +338,78 @@ class OutboxDispatcher:
                 # Forgetting the position after a full read left every later commit to a read
                 # while sends of exactly `batch_size` kept coming.
                 self._next_position = batch[-1].position + 1
-            if not batch:
+                await self._hand_out(batch)
+            if self._waiting and len(batch) < self._batch_size:
+                # Nothing is left below the first waiting commit: it committed, so every lower
+                # position did (and was read) or was rolled back.
+                self._next_position = self._waiting[0][0][1]
+            handed = await self._hand_out_waiting()
+            if not batch and not handed:
                 if not self._inflight:
                     metrics.OUTBOX_LAG.set(0)
                 return 0
-            await self._hand_out(batch)
-        return len(batch)
+        return len(batch) + handed
 
     async def take(self, rows: Sequence[Sequence[Any]]) -> bool:
         """Hand out the events of a transaction this process has just committed on SQLite, from
         what it wrote (`rows`: `emit_many`'s `stored`, by position), without reading them
         back: the commit-to-subscriber path loses a read and a wake-up.
 
-        True when they are handed out, here or by a read before; False when only a read keeps
-        the order (a gap before them: another writer's events, a read not yet drained), and
-        then the caller wakes the dispatcher. Only on SQLite, whose one writer at a time gives
+        True when they are handed out, here or by a read before; False when a read must come
+        first (a gap before them: another writer's events, a refused hand-out not read yet),
+        and then the caller wakes the dispatcher: the rows wait (`_waiting`) and go out right
+        after the read that fills the gap. Only on SQLite, whose one writer at a time gives
         positions in commit order; on PostgreSQL a lower position may still commit later.
         """
         if not rows or not self.is_leader or self._stopping.is_set() or not self._db.is_sqlite:
             return False
         async with self._handing:
             first, last = rows[0][1], rows[-1][1]
-            if first != self._next_position or last - first + 1 != len(rows):
+            if last - first + 1 != len(rows) or (
+                self._next_position is not None and first < self._next_position
+            ):
                 return all(row[1] in self._inflight for row in rows)
-            if len(self._inflight) >= MAX_INFLIGHT_BATCHES * self._batch_size:
+            if first != self._next_position:
+                if self._waiting_events + len(rows) <= self._max_inflight:
+                    bisect.insort(self._waiting, rows, key=_first_position)
+                    self._waiting_events += len(rows)
+                return False
+            if len(self._inflight) >= self._max_inflight:
                 return False  # the marker is behind: the dispatcher waits for it, not the writer
             self._forget_marked()
-            try:
-                await self._hand_out([_stored_event(values) for values in rows])
-            except Exception:
-                _log.exception("outbox_take_failed", events=len(rows))
-                self._next_position = None
+            if not await self._hand_out_taken(rows):
                 return False
-            self._next_position = last + 1
+            await self._hand_out_waiting()
         return True
+
+    async def _hand_out_taken(self, rows: Sequence[Sequence[Any]]) -> bool:
+        try:
+            await self._hand_out([_stored_event(values) for values in rows])
+        except Exception:
+            _log.exception("outbox_take_failed", events=len(rows))
+            self._next_position = None
+            self._drop_waiting()  # a read hands everything out again, in order
+            return False
+        self._next_position = rows[-1][1] + 1
+        return True
+
+    async def _hand_out_waiting(self) -> int:
+        """The waiting commits that are next in order, as `take` hands out (the lock held)."""
+        handed = 0
+        while self._waiting and _first_position(self._waiting[0]) == self._next_position:
+            if len(self._inflight) >= self._max_inflight:
+                break  # the marker is behind: the dispatcher waits for it, then goes on
+            rows = self._waiting.pop(0)
+            self._waiting_events -= len(rows)
+            if not await self._hand_out_taken(rows):
+                break
+            handed += len(rows)
+        return handed
+
+    def _drop_waiting(self) -> None:
+        # Their events are in the outbox: a read (this leader's, or the next one's) has them.
+        self._waiting.clear()
+        self._waiting_events = 0
 
     def _forget_marked(self) -> None:
         # Only between hand-outs (the lock held): a read that began before a mark committed
@@ -381,19 +441,22 @@ class OutboxDispatcher:
                     rows = await conn.fetch(_PG_READ, self._batch_size)
             return [_event(row) for row in rows]
         # SQLite: a reader connection, outside the write lock (WAL readers never block).
+        before = _first_position(self._waiting[0]) if self._waiting else _NO_POSITION_LIMIT
         async with self._db.read_engine.connect() as connection:
             driver: Any = (await connection.get_raw_connection()).driver_connection
             if inflight:
-                params: tuple[Any, ...] = (json.dumps(list(inflight)), self._batch_size)
+                params: tuple[Any, ...] = (before, json.dumps(list(inflight)), self._batch_size)
                 rows = await driver.execute_fetchall(_SQLITE_READ_EXCEPT, params)
             else:
-                rows = await driver.execute_fetchall(_SQLITE_READ, (self._batch_size,))
+                rows = await driver.execute_fetchall(_SQLITE_READ, (before, self._batch_size))
         return [_sqlite_event(row) for row in rows]
 
     async def _mark_loop(self) -> None:
         while True:
             batch = await self._marks.get()
-            if not self._stopping.is_set():
+            if not self._stopping.is_set() and len(self._inflight) < self._batch_size:
+                # Gather a few commits' batches into one mark at moderate rates; with a batch
+                # or more waiting there is company enough, and hand-outs wait on the marks.
                 await asyncio.sleep(MARK_GATHER_SECONDS)
             taken = 1
             while not self._marks.empty():  # coalesce what queued up meanwhile, in order
