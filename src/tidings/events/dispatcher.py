@@ -231,7 +231,7 @@ class OutboxDispatcher:
         # Reads and `take` hand batches out one at a time, in position order.
         self._handing = asyncio.Lock()
         # SQLite: the position the next committed event gets when every committed event before
-        # it has been handed out (None: unknown until a read drains the outbox).
+        # it has been handed out (None: unknown until the first hand-out).
         self._next_position: int | None = None
         # SQLite: commits `take` could not hand out yet because a gap comes before them (a
         # refused hand-out not read yet, another process's events), in position order. Reads
@@ -317,7 +317,8 @@ class OutboxDispatcher:
             await asyncio.wait_for(self._wakeup.wait(), timeout=seconds)
 
     async def dispatch_once(self) -> int:
-        """Hand one batch to the live consumers; return how many events it held.
+        """Hand one batch to the live consumers, and the commits waiting behind it (`take`);
+        return how many events went out.
 
         Marking the batch dispatched (with the transactional consumers) happens in a separate
         task, so the next batch does not wait for the mark's COMMIT.
@@ -342,7 +343,7 @@ class OutboxDispatcher:
             if self._waiting and len(batch) < self._batch_size:
                 # Nothing is left below the first waiting commit: it committed, so every lower
                 # position did (and was read) or was rolled back.
-                self._next_position = self._waiting[0][0][1]
+                self._next_position = _first_position(self._waiting[0])
             handed = await self._hand_out_waiting()
             if not batch and not handed:
                 if not self._inflight:
