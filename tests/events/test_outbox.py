@@ -440,3 +440,45 @@ async def test_commits_behind_a_gap_wait_for_its_read_and_go_out_unread(
     )
     assert [e.stream_seq for e in collector.unique()] == list(range(1, 10))
     assert read_rows == ["from.elsewhere"]
+
+
+@pytest.mark.profiles("embedded")
+async def test_commits_past_the_waiting_bound_are_read_in_order(runtime: Runtime) -> None:
+    """More commits behind a gap than may wait in memory: the first ones wait, the rest are
+    left to reads, and every event still goes out once, in order."""
+    await runtime.dispatcher.stop()  # this test drives its own dispatcher, by hand
+    dispatcher = OutboxDispatcher(runtime.db, node_id="by-hand", batch_size=2)
+    collector = CollectingConsumer()
+    dispatcher.add_live(collector)
+    dispatcher.is_leader = True  # no lease loop; only the marker runs on its own
+    marker = asyncio.create_task(dispatcher._mark_loop())
+    bound = 20 * 2  # MAX_INFLIGHT_BATCHES read sizes
+    refused: list[bool] = []
+
+    async def take(rows: list[tuple[object, ...]]) -> None:
+        refused.append(not await dispatcher.take(rows))
+
+    runtime.db.hooks.events_committed = None
+    runtime.db.hooks.events_stored = None  # another process: the gap
+    try:
+        async with runtime.db.transaction() as session:
+            await emit(session, "gap", stream_key="s:bound", payload={})
+        runtime.db.hooks.events_stored = take
+        for index in range(bound + 5):
+            async with runtime.db.transaction() as session:
+                await emit(session, "behind", stream_key="s:bound", payload={"i": index})
+        assert refused == [True] * (bound + 5)
+        assert dispatcher._waiting_events == bound
+        for _ in range(200):
+            if len(collector.unique()) == bound + 6:
+                break
+            await dispatcher.dispatch_once()
+        events = collector.received
+        assert events == collector.unique()  # none twice
+        assert [e.type for e in events] == ["gap"] + ["behind"] * (bound + 5)
+        assert [e.payload.get("i") for e in events[1:]] == list(range(bound + 5))
+        assert [e.stream_seq for e in events] == list(range(1, bound + 7))
+        assert dispatcher._waiting == []
+    finally:
+        marker.cancel()
+        await asyncio.gather(marker, return_exceptions=True)
