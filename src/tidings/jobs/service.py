@@ -206,8 +206,7 @@ async def _insert_at_driver(
     if not rows:
         return []
     dialect = session.get_bind().dialect.name
-    if await store_for(dialect).insert(await driver_of(session), rows):
-        # No dedupe key: nothing can conflict.
+    if await store_for(dialect).insert(await driver_of(session), rows):  # none can conflict
         raise RuntimeError("jobs without dedupe keys were not all inserted")
     return [row["id"] for row in rows]
 

@@ -15,7 +15,7 @@ reads the ORM's. Everything else about jobs stays on SQLAlchemy.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -65,6 +65,19 @@ class JobStore(Protocol):
     async def complete(self, conn: Any, ids: Sequence[uuid.UUID], node: str, now: datetime) -> None:
         """Running jobs among `ids` still leased to `node` → succeeded."""
         ...
+
+
+def _refused(
+    rows: Sequence[dict[str, Any]],
+    returned_ids: Sequence[Any],
+    stored_id: Callable[[dict[str, Any]], Any],
+) -> set[uuid.UUID]:
+    """The ids of the rows an INSERT … RETURNING id did not return (`stored_id`: a row's id as
+    the driver gives it back). Without dedupe keys every row comes back: no set is built."""
+    if len(returned_ids) == len(rows):
+        return set()
+    inserted = set(returned_ids)
+    return {row["id"] for row in rows if stored_id(row) not in inserted}
 
 
 def store_for(dialect: str) -> JobStore:
@@ -119,12 +132,7 @@ class _SqliteStore:
         returned = await insert_rows(
             conn, "jobs", _COLUMN_NAMES, values, tail=f"{_ON_CONFLICT} RETURNING id"
         )
-        if len(returned) == len(rows):
-            return set()
-        inserted = {r[0] for r in returned}
-        return {
-            row["id"] for row, value in zip(rows, values, strict=True) if value[0] not in inserted
-        }
+        return _refused(rows, [r[0] for r in returned], lambda row: row["id"].hex)
 
     async def active_by_key(self, conn: Any, keys: Sequence[str]) -> dict[str, uuid.UUID]:
         found = await conn.execute_fetchall(_SQLITE_ACTIVE_BY_KEY, (json_text(list(keys)),))
@@ -197,10 +205,7 @@ class _PostgresStore:
             [row.get("locked_by") for row in rows],
             [row.get("lease_expires_at") for row in rows],
         )
-        if len(returned) == len(rows):
-            return set()
-        inserted = {r[0] for r in returned}
-        return {row["id"] for row in rows if row["id"] not in inserted}
+        return _refused(rows, [r[0] for r in returned], lambda row: row["id"])
 
     async def active_by_key(self, conn: Any, keys: Sequence[str]) -> dict[str, uuid.UUID]:
         found = await conn.fetch(_PG_ACTIVE_BY_KEY, list(keys))
